@@ -1,0 +1,1 @@
+//! Node identity from `/etc/kairos-release` or v1.x `/etc/os-release`.

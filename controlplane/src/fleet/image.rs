@@ -1,0 +1,1 @@
+//! Kairos image references in all three tag grammars.

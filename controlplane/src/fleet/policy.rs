@@ -1,0 +1,1 @@
+//! The Kairos versioning policy, made executable.

@@ -1,0 +1,8 @@
+//! Kairos Fleet control plane.
+//!
+//! The crate is split the way data flows: `api` validates and translates,
+//! [`fleet`] decides (pure, no IO), `store` replicates, `engine` drives
+//! rollouts on the leader and `sessions` push desired state to nodes.
+#![deny(missing_docs)]
+
+pub mod fleet;

@@ -1,0 +1,2 @@
+//! Kairos Fleet node client.
+#![deny(missing_docs)]
