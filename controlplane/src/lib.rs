@@ -5,4 +5,5 @@
 //! rollouts on the leader and `sessions` push desired state to nodes.
 #![deny(missing_docs)]
 
+pub mod demo;
 pub mod fleet;

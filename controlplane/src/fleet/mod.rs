@@ -11,6 +11,7 @@ pub mod matrix;
 pub mod model;
 pub mod planner;
 pub mod policy;
+pub mod report;
 pub mod rollout;
 pub mod strategy;
 pub mod window;
