@@ -1,1 +1,1392 @@
 //! Kairos image references in all three tag grammars.
+//!
+//! - v1.x (the seed): `quay.io/kairos/core-opensuse:v1.5.0`,
+//!   `quay.io/kairos/kairos-opensuse:v1.5.1-k3sv1.26.1-k3s1`;
+//! - v2.4 to v3.4: `quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1`;
+//! - v3.5 and later: `quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.5.0-k3s-v1.33.2-k3s1`,
+//!   with `-uki` for trusted-boot images.
+//!
+//! A reference is parsed into its parts and rendered back from them, so the
+//! parser accepts only spellings it can reproduce byte for byte. The
+//! registry/org prefix is kept apart ([`RegistryPrefix`]) because mirrors
+//! make it configuration rather than part of an image's identity.
+
+use std::fmt;
+use std::str::FromStr;
+
+use semver::Version;
+
+use super::matrix::{self, DEFAULT_REGISTRY_PREFIX};
+use super::model::{validate_component, Arch, ImageFamily, SoftwareVersion, ValueError, Variant};
+
+/// The OCI distribution spec caps tags at 128 characters.
+const MAX_TAG_LEN: usize = 128;
+
+/// The generation of Kairos naming a reference is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TagGrammar {
+    /// Kairos v1.x: `core-<flavor>:vX.Y.Z`, `kairos-<flavor>:vX.Y.Z-k3sv1.26.1-k3s1`.
+    V1,
+    /// Kairos v2.4 to v3.4: `<flavor>:<flavor_release>-<variant>-<arch>-<model>-vX.Y.Z[-k3sv1.27.6-k3s1]`.
+    V2,
+    /// Kairos v3.5 and later: as V2, with the engine spelled `-k3s-v1.33.2-k3s1`.
+    V35,
+}
+
+impl TagGrammar {
+    /// The grammar upstream Kairos publishes `release` in.
+    pub fn for_release(release: &Version) -> TagGrammar {
+        if (release.major, release.minor) < (2, 4) {
+            TagGrammar::V1
+        } else {
+            v2_or_v35(release)
+        }
+    }
+
+    /// Short name: `v1`, `v2` or `v3.5`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagGrammar::V1 => "v1",
+            TagGrammar::V2 => "v2",
+            TagGrammar::V35 => "v3.5",
+        }
+    }
+}
+
+impl fmt::Display for TagGrammar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Core tags are spelled alike in v2 and v3.5, so their grammar follows the release.
+fn v2_or_v35(release: &Version) -> TagGrammar {
+    // major.minor only: v3.5.0-rc1 already uses the v3.5 naming although
+    // semver orders it before 3.5.0.
+    if (release.major, release.minor) >= (3, 5) {
+        TagGrammar::V35
+    } else {
+        TagGrammar::V2
+    }
+}
+
+/// How a reference marks a raw disk artifact; kept so it renders as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum DiskSpelling {
+    /// Tag ends in `.img` (v1 Raspberry Pi artifacts).
+    TagDot,
+    /// Tag ends in `-img`.
+    TagDash,
+    /// v1 `-img` repositories, e.g. `core-opensuse-arm-rpi-img`.
+    Repository,
+}
+
+impl DiskSpelling {
+    fn as_str(self) -> &'static str {
+        match self {
+            DiskSpelling::TagDot => ".img",
+            DiskSpelling::TagDash | DiskSpelling::Repository => "-img",
+        }
+    }
+}
+
+/// Error for an image reference that cannot be parsed, rendered or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageRefError {
+    /// The reference follows no Kairos grammar.
+    #[error("image reference {reference:?}: {error}")]
+    Invalid {
+        /// The reference as given.
+        reference: String,
+        /// The part and the rule it broke.
+        error: ValueError,
+    },
+    /// A raw disk artifact was given where an upgrade target was expected.
+    #[error(
+        "image reference {reference:?}: tag: raw disk artifacts are never upgrade targets; \
+         use the container image tag without {suffix}: {container}"
+    )]
+    DiskImageAsUpgradeTarget {
+        /// The reference as given.
+        reference: String,
+        /// The disk marker it carries (`.img` or `-img`).
+        suffix: &'static str,
+        /// The container image of the same release, which is upgradable.
+        container: String,
+    },
+    /// No reference of that grammar can name this family, release and software.
+    #[error("no {grammar} image reference exists for {target}: {error}")]
+    ImpossibleTarget {
+        /// The grammar asked for.
+        grammar: TagGrammar,
+        /// The family and release asked for, e.g. `ubuntu:24.04/core/amd64/generic at v3.5.0`.
+        target: String,
+        /// The part and the rule it broke.
+        error: ValueError,
+    },
+    /// A registry prefix (configuration) is malformed.
+    #[error("registry prefix {prefix:?}: {error}")]
+    InvalidPrefix {
+        /// The prefix as given.
+        prefix: String,
+        /// The part and the rule it broke.
+        error: ValueError,
+    },
+}
+
+impl ImageRefError {
+    /// The part of the reference whose rule was broken (`tag`, `arch`, `release`, ...).
+    pub fn field(&self) -> &'static str {
+        match self {
+            ImageRefError::Invalid { error, .. }
+            | ImageRefError::ImpossibleTarget { error, .. }
+            | ImageRefError::InvalidPrefix { error, .. } => error.field,
+            ImageRefError::DiskImageAsUpgradeTarget { .. } => "tag",
+        }
+    }
+}
+
+/// Registry host and organisation path in front of a repository name, e.g.
+/// `quay.io/kairos` or `registry.local:5000/mirror/kairos`; may be empty.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RegistryPrefix {
+    registry: Option<String>,
+    path: Vec<String>,
+}
+
+impl RegistryPrefix {
+    /// Parses a prefix from configuration; the first component is a registry
+    /// host when it contains `.` or `:` or is `localhost` (Docker's rule).
+    pub fn parse(prefix: &str) -> Result<RegistryPrefix, ImageRefError> {
+        let trimmed = prefix.trim().trim_end_matches('/');
+        let parts: Vec<&str> = if trimmed.is_empty() { Vec::new() } else { trimmed.split('/').collect() };
+        Self::from_parts(&parts).map_err(|error| ImageRefError::InvalidPrefix { prefix: prefix.to_string(), error })
+    }
+
+    fn from_parts(parts: &[&str]) -> Result<RegistryPrefix, ValueError> {
+        let (registry, path) = match parts.split_first() {
+            Some((first, rest)) if is_registry_host(first) => {
+                check_registry_host(first)?;
+                (Some((*first).to_string()), rest)
+            }
+            _ => (None, parts),
+        };
+        for part in path {
+            check_path_component("repository", part)?;
+        }
+        Ok(RegistryPrefix { registry, path: path.iter().map(|p| (*p).to_string()).collect() })
+    }
+
+    /// The registry host (with port), if the prefix names one.
+    pub fn registry(&self) -> Option<&str> {
+        self.registry.as_deref()
+    }
+
+    /// True when the prefix names neither a registry nor an organisation.
+    pub fn is_empty(&self) -> bool {
+        self.registry.is_none() && self.path.is_empty()
+    }
+}
+
+impl Default for RegistryPrefix {
+    /// The upstream `quay.io/kairos`.
+    fn default() -> Self {
+        let mut parts = DEFAULT_REGISTRY_PREFIX.split('/');
+        RegistryPrefix { registry: parts.next().map(str::to_string), path: parts.map(str::to_string).collect() }
+    }
+}
+
+impl fmt::Display for RegistryPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        for part in self.registry.iter().chain(&self.path) {
+            write!(f, "{sep}{part}")?;
+            sep = "/";
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for RegistryPrefix {
+    type Err = ImageRefError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RegistryPrefix::parse(s)
+    }
+}
+
+impl PartialEq<str> for RegistryPrefix {
+    fn eq(&self, other: &str) -> bool {
+        let parts = self.registry.iter().chain(&self.path).map(String::as_str);
+        if other.is_empty() {
+            self.is_empty()
+        } else {
+            parts.eq(other.split('/'))
+        }
+    }
+}
+
+impl PartialEq<&str> for RegistryPrefix {
+    fn eq(&self, other: &&str) -> bool {
+        self == *other
+    }
+}
+
+/// A Kairos OS image reference: registry prefix, repository, Kairos tag and
+/// optional digest. Invariant: standard images name their Kubernetes
+/// engine and core images do not.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    prefix: RegistryPrefix,
+    grammar: TagGrammar,
+    family: ImageFamily,
+    release: Version,
+    software: Option<SoftwareVersion>,
+    trusted_boot: bool,
+    disk: Option<DiskSpelling>,
+    digest: Option<String>,
+}
+
+impl ImageRef {
+    /// Parses a reference in any of the three grammars.
+    pub fn parse(reference: &str) -> Result<ImageRef, ImageRefError> {
+        parse_reference(reference).map_err(|error| ImageRefError::Invalid { reference: reference.to_string(), error })
+    }
+
+    /// Parses a reference a node may be upgraded to: raw disk artifacts are refused.
+    pub fn upgrade_target(reference: &str) -> Result<ImageRef, ImageRefError> {
+        let image = ImageRef::parse(reference)?;
+        match image.disk {
+            None => Ok(image),
+            Some(spelling) => Err(ImageRefError::DiskImageAsUpgradeTarget {
+                reference: reference.to_string(),
+                suffix: spelling.as_str(),
+                container: ImageRef { disk: None, ..image }.to_string(),
+            }),
+        }
+    }
+
+    /// The reference of the container image for `family` at `release` (+ `software`)
+    /// under `prefix`, spelled in `grammar`; refuses combinations no tag can express.
+    pub fn for_target(
+        prefix: &RegistryPrefix,
+        family: &ImageFamily,
+        grammar: TagGrammar,
+        release: &Version,
+        software: Option<&SoftwareVersion>,
+        trusted_boot: bool,
+    ) -> Result<ImageRef, ImageRefError> {
+        let image = ImageRef {
+            prefix: prefix.clone(),
+            grammar,
+            family: family.clone(),
+            release: release.clone(),
+            software: software.cloned(),
+            trusted_boot,
+            disk: None,
+            digest: None,
+        };
+        image.check().map_err(|error| ImageRefError::ImpossibleTarget {
+            grammar,
+            target: format!("{family} at v{release}"),
+            error,
+        })?;
+        Ok(image)
+    }
+
+    /// The same image under another registry/org prefix (a mirror).
+    pub fn with_registry_prefix(&self, prefix: &RegistryPrefix) -> ImageRef {
+        // The digest names content, not a location, so a mirror keeps it.
+        ImageRef { prefix: prefix.clone(), ..self.clone() }
+    }
+
+    /// The same image pinned to `digest` (`sha256:<64 lowercase hex>`).
+    pub fn with_digest(&self, digest: &str) -> Result<ImageRef, ImageRefError> {
+        let unpinned = ImageRef { digest: None, ..self.clone() };
+        let digest = parse_digest(digest)
+            .map_err(|error| ImageRefError::Invalid { reference: format!("{unpinned}@{digest}"), error })?;
+        Ok(ImageRef { digest: Some(digest), ..unpinned })
+    }
+
+    /// The image family (flavor, flavor release, variant, arch, model).
+    pub fn family(&self) -> ImageFamily {
+        self.family.clone()
+    }
+
+    /// The Kairos release.
+    pub fn release(&self) -> &Version {
+        &self.release
+    }
+
+    /// The Kubernetes engine of a standard image; None for core images.
+    pub fn software(&self) -> Option<&SoftwareVersion> {
+        self.software.as_ref()
+    }
+
+    /// The tag grammar the reference is written in.
+    pub fn grammar(&self) -> TagGrammar {
+        self.grammar
+    }
+
+    /// True for a raw disk artifact (`.img` / `-img`), which is never an upgrade target.
+    pub fn is_disk_image(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// True for a trusted-boot (UKI) image; it only replaces another UKI image.
+    pub fn trusted_boot(&self) -> bool {
+        self.trusted_boot
+    }
+
+    /// The registry/org prefix, e.g. `quay.io/kairos`.
+    pub fn registry_prefix(&self) -> &RegistryPrefix {
+        &self.prefix
+    }
+
+    /// The registry host, if the reference names one.
+    pub fn registry(&self) -> Option<&str> {
+        self.prefix.registry()
+    }
+
+    /// The repository name without prefix, e.g. `core-opensuse` or `ubuntu`.
+    pub fn name(&self) -> String {
+        match (self.grammar, self.family.variant) {
+            (TagGrammar::V1, variant) => {
+                let head = if variant == Variant::Core { "core" } else { "kairos" };
+                let tail = if self.disk == Some(DiskSpelling::Repository) { "-img" } else { "" };
+                format!("{head}-{}{tail}", self.family.flavor)
+            }
+            _ => self.family.flavor.clone(),
+        }
+    }
+
+    /// The repository path without the registry host, e.g. `kairos/core-opensuse`.
+    pub fn repository(&self) -> String {
+        let mut path = self.prefix.path.join("/");
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path + &self.name()
+    }
+
+    /// The tag, e.g. `24.04-core-amd64-generic-v3.5.0-uki`.
+    pub fn tag(&self) -> String {
+        let f = &self.family;
+        let mut tag = String::new();
+        if self.grammar != TagGrammar::V1 {
+            tag.push_str(&format!("{}-{}-{}-{}-", f.flavor_release, f.variant, f.arch, f.model));
+        }
+        tag.push_str(&format!("v{}", self.release));
+        if let Some(sw) = &self.software {
+            let dash = if self.grammar == TagGrammar::V35 { "-" } else { "" };
+            tag.push_str(&format!("-{}{dash}v{}-{}", sw.distro.as_str(), sw.version, sw.build));
+        }
+        if self.trusted_boot {
+            tag.push_str("-uki");
+        }
+        match self.disk {
+            Some(spelling @ (DiskSpelling::TagDot | DiskSpelling::TagDash)) => tag.push_str(spelling.as_str()),
+            Some(DiskSpelling::Repository) | None => {}
+        }
+        tag
+    }
+
+    /// The content digest (`sha256:...`), if the reference is pinned.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// Every rule a reference must satisfy to be rendered and read back unchanged.
+    fn check(&self) -> Result<(), ValueError> {
+        let f = &self.family;
+        check_path_component("flavor", &f.flavor)?;
+        match self.grammar {
+            TagGrammar::V1 => self.check_v1()?,
+            TagGrammar::V2 | TagGrammar::V35 => self.check_v2()?,
+        }
+        match (f.variant, &self.software) {
+            (Variant::Core, Some(sw)) => {
+                return Err(ValueError::new("software", "core images carry no Kubernetes engine", sw.to_string()))
+            }
+            (Variant::Standard, None) => {
+                return Err(ValueError::new(
+                    "software",
+                    "standard images name their Kubernetes engine (k3s or k0s version) in the tag",
+                    "",
+                ))
+            }
+            (Variant::Standard, Some(sw)) => check_software(sw)?,
+            (Variant::Core, None) => {}
+        }
+        check_release(&self.release)?;
+        let tag = self.tag();
+        if tag.len() > MAX_TAG_LEN {
+            return Err(ValueError::new("tag", "longer than the 128 characters an OCI tag may have", tag));
+        }
+        Ok(())
+    }
+
+    fn check_v1(&self) -> Result<(), ValueError> {
+        let f = &self.family;
+        if !f.flavor_release.is_empty() {
+            return Err(ValueError::new(
+                "flavor_release",
+                "v1 tags have no flavor release: the v1 flavor id pins the OS branch",
+                f.flavor_release.as_str(),
+            ));
+        }
+        if f.flavor.ends_with("-img") {
+            return Err(ValueError::new(
+                "flavor",
+                "a v1 flavor ending in `-img` would read as a disk-image repository",
+                f.flavor.as_str(),
+            ));
+        }
+        let (arch, model) = v1_platform(&f.flavor);
+        if f.arch != arch || f.model != model {
+            return Err(ValueError::new(
+                "arch",
+                format!(
+                    "v1 `{}` images are {arch}/{model}; the v1 grammar cannot name another arch or model",
+                    f.flavor
+                ),
+                format!("{}/{}", f.arch, f.model),
+            ));
+        }
+        if self.trusted_boot {
+            return Err(ValueError::new("trusted_boot", "v1 images have no trusted-boot (`-uki`) variant", "true"));
+        }
+        Ok(())
+    }
+
+    fn check_v2(&self) -> Result<(), ValueError> {
+        let f = &self.family;
+        if f.flavor_release.is_empty() {
+            return Err(ValueError::new(
+                "flavor_release",
+                "v2 and v3.5 tags start with the flavor release, e.g. `24.04` or `leap-15.5`",
+                "",
+            ));
+        }
+        validate_component("flavor_release", &f.flavor_release)?;
+        if f.flavor_release.split('-').any(is_variant_word) {
+            return Err(ValueError::new(
+                "flavor_release",
+                "must not contain a `core` or `standard` part: the tag is anchored on the variant",
+                f.flavor_release.as_str(),
+            ));
+        }
+        if f.model.is_empty() {
+            return Err(ValueError::new("model", "must not be empty; upstream uses `generic` for PCs", ""));
+        }
+        validate_component("model", &f.model)?;
+        if f.model.split('-').any(is_release_segment) {
+            return Err(ValueError::new(
+                "model",
+                "must not contain a `vX.Y.Z` part: the tag is anchored on the release",
+                f.model.as_str(),
+            ));
+        }
+        if f.variant == Variant::Core && self.grammar != v2_or_v35(&self.release) {
+            return Err(ValueError::new(
+                "grammar",
+                "core tags read the same in v2 and v3.5, so releases before 3.5 use v2 and later ones v3.5",
+                self.grammar.as_str(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.prefix.is_empty() {
+            write!(f, "{}/", self.prefix)?;
+        }
+        write!(f, "{}:{}", self.name(), self.tag())?;
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for ImageRef {
+    type Err = ImageRefError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ImageRef::parse(s)
+    }
+}
+
+/// Arch and model of a v1 flavor: the seed table, else a generic PC.
+fn v1_platform(flavor: &str) -> (Arch, String) {
+    match matrix::seed_flavor(flavor) {
+        Some(spec) => (spec.arch, spec.model.to_string()),
+        None => (Arch::Amd64, "generic".to_string()),
+    }
+}
+
+fn parse_reference(reference: &str) -> Result<ImageRef, ValueError> {
+    let (name_and_tag, digest) = match reference.split_once('@') {
+        Some((name_and_tag, digest)) => (name_and_tag, Some(parse_digest(digest)?)),
+        None => (reference, None),
+    };
+    let name_start = name_and_tag.rfind('/').map_or(0, |i| i + 1);
+    let Some(colon) = name_and_tag[name_start..].find(':').map(|i| name_start + i) else {
+        return Err(ValueError::new(
+            "tag",
+            "missing: Kairos images are named `repository:tag`, and the tag carries the release",
+            reference,
+        ));
+    };
+    let (path, tag) = (&name_and_tag[..colon], &name_and_tag[colon + 1..]);
+    let parts: Vec<&str> = path.split('/').collect();
+    let (name, prefix_parts) = match parts.split_last() {
+        Some((name, prefix_parts)) => (*name, prefix_parts),
+        None => (path, &[][..]),
+    };
+    let prefix = RegistryPrefix::from_parts(prefix_parts)?;
+    check_path_component("repository", name)?;
+    check_tag_charset(tag)?;
+    let mut image = parse_tag(name, tag)?;
+    image.prefix = prefix;
+    image.digest = digest;
+    image.check()?;
+    Ok(image)
+}
+
+/// Parses `name:tag` into an image with an empty prefix and no digest.
+fn parse_tag(name: &str, tag: &str) -> Result<ImageRef, ValueError> {
+    let (body, dot_img) = match tag.strip_suffix(".img") {
+        Some(body) => (body, true),
+        None => (tag, false),
+    };
+    let segments: Vec<&str> = body.split('-').collect();
+    // The variant word is the anchor of v2+ tags; v1 tags never contain one
+    // because release checks keep it out of pre-releases.
+    let anchor = segments.iter().skip(1).position(|s| is_variant_word(s)).map(|i| i + 1);
+    let mut image = match anchor {
+        Some(anchor) => parse_v2_tag(name, tag, &segments, anchor)?,
+        None if starts_with_release(body) => parse_v1_tag(name, tag, &segments)?,
+        None => {
+            return Err(ValueError::new(
+                "tag",
+                "expected `vX.Y.Z...` (v1) or `<flavor_release>-<core|standard>-<arch>-<model>-vX.Y.Z...` (v2+)",
+                tag,
+            ))
+        }
+    };
+    if dot_img {
+        if image.disk.is_some() {
+            return Err(ValueError::new("tag", "marks a disk image twice", tag));
+        }
+        image.disk = Some(DiskSpelling::TagDot);
+    }
+    Ok(image)
+}
+
+fn parse_v1_tag(name: &str, tag: &str, segments: &[&str]) -> Result<ImageRef, ValueError> {
+    let (variant, flavor) = if let Some(flavor) = name.strip_prefix("core-") {
+        (Variant::Core, flavor)
+    } else if let Some(flavor) = name.strip_prefix("kairos-") {
+        (Variant::Standard, flavor)
+    } else {
+        return Err(ValueError::new(
+            "repository",
+            "a v1 tag (vX.Y.Z) belongs to a repository named `core-<flavor>` or `kairos-<flavor>`",
+            name,
+        ));
+    };
+    let (flavor, repo_img) = match flavor.strip_suffix("-img") {
+        Some(flavor) => (flavor, true),
+        None => (flavor, false),
+    };
+    let (release_segment, rest) = match segments.split_first() {
+        Some((first, rest)) if is_release_segment(first) => (*first, rest),
+        _ => {
+            return Err(ValueError::new(
+                "release",
+                "a v1 tag starts with the Kairos release as semver `vX.Y.Z`",
+                segments.first().copied().unwrap_or(tag),
+            ))
+        }
+    };
+    let tail = parse_tail(tag, release_segment, rest)?;
+    if tail.software.as_ref().is_some_and(|(_, spelling)| *spelling == EngineSpelling::Dashed) {
+        return Err(ValueError::new("software_version", "v1 tags spell the engine `k3sv1.26.1-k3s1`", tag));
+    }
+    if tail.uki {
+        return Err(ValueError::new("trusted_boot", "v1 images have no trusted-boot (`-uki`) variant", tag));
+    }
+    let disk = match (repo_img, tail.dash_img) {
+        (true, true) => return Err(ValueError::new("tag", "marks a disk image twice", tag)),
+        (true, false) => Some(DiskSpelling::Repository),
+        (false, true) => Some(DiskSpelling::TagDash),
+        (false, false) => None,
+    };
+    let (arch, model) = v1_platform(flavor);
+    Ok(ImageRef {
+        prefix: RegistryPrefix { registry: None, path: Vec::new() },
+        grammar: TagGrammar::V1,
+        family: ImageFamily { flavor: flavor.to_string(), flavor_release: String::new(), variant, arch, model },
+        release: tail.release,
+        software: tail.software.map(|(sw, _)| sw),
+        trusted_boot: false,
+        disk,
+        digest: None,
+    })
+}
+
+fn parse_v2_tag(name: &str, tag: &str, segments: &[&str], anchor: usize) -> Result<ImageRef, ValueError> {
+    let variant = if segments[anchor] == "core" { Variant::Core } else { Variant::Standard };
+    let arch = match segments.get(anchor + 1).copied() {
+        Some("amd64") => Arch::Amd64,
+        Some("arm64") => Arch::Arm64,
+        other => {
+            return Err(ValueError::new(
+                "arch",
+                "must be `amd64` or `arm64`, right after the variant",
+                other.unwrap_or(""),
+            ))
+        }
+    };
+    let model_start = anchor + 2;
+    let release_at = segments
+        .iter()
+        .enumerate()
+        .skip(model_start)
+        .find(|(_, s)| is_release_segment(s))
+        .map(|(i, _)| i)
+        .ok_or_else(|| ValueError::new("release", "missing: expected `-vX.Y.Z` after the model", tag))?;
+    if release_at == model_start {
+        return Err(ValueError::new("model", "missing between the arch and the release", tag));
+    }
+    let tail = parse_tail(tag, segments[release_at], &segments[release_at + 1..])?;
+    let grammar = match &tail.software {
+        Some((_, EngineSpelling::Joined)) => TagGrammar::V2,
+        Some((_, EngineSpelling::Dashed)) => TagGrammar::V35,
+        None => v2_or_v35(&tail.release),
+    };
+    Ok(ImageRef {
+        prefix: RegistryPrefix { registry: None, path: Vec::new() },
+        grammar,
+        family: ImageFamily {
+            flavor: name.to_string(),
+            flavor_release: segments[..anchor].join("-"),
+            variant,
+            arch,
+            model: segments[model_start..release_at].join("-"),
+        },
+        release: tail.release,
+        software: tail.software.map(|(sw, _)| sw),
+        trusted_boot: tail.uki,
+        disk: tail.dash_img.then_some(DiskSpelling::TagDash),
+        digest: None,
+    })
+}
+
+/// `k3sv1.27.6-k3s1` (v1, v2) or `k3s-v1.33.2-k3s1` (v3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EngineSpelling {
+    Joined,
+    Dashed,
+}
+
+/// What follows the release segment: `[-pre-release][-engine][-uki][-img]`.
+struct Tail {
+    release: Version,
+    software: Option<(SoftwareVersion, EngineSpelling)>,
+    uki: bool,
+    dash_img: bool,
+}
+
+fn parse_tail(tag: &str, release_segment: &str, rest: &[&str]) -> Result<Tail, ValueError> {
+    let pre_len = rest.iter().position(|s| is_tail_token(s)).unwrap_or(rest.len());
+    let core = release_segment.strip_prefix('v').unwrap_or(release_segment);
+    // An empty pre-release (`v1.6.0--k3s...`) must fail semver, not vanish.
+    let text = match pre_len {
+        0 => core.to_string(),
+        _ => format!("{core}-{}", rest[..pre_len].join("-")),
+    };
+    let release = Version::parse(&text).map_err(|e| {
+        ValueError::new("release", format!("must be semver `vX.Y.Z[-pre-release]`: {e}"), format!("v{text}"))
+    })?;
+    let mut rest = &rest[pre_len..];
+    let engine_error = || {
+        ValueError::new("software_version", "expected `k3sv1.27.6-k3s1` or `k3s-v1.33.2-k3s1` after the release", tag)
+    };
+    let software = match rest {
+        [distro @ ("k3s" | "k0s"), version, build, more @ ..] => {
+            rest = more;
+            Some((SoftwareVersion::parse(&format!("{distro}-{version}-{build}"), None)?, EngineSpelling::Dashed))
+        }
+        ["k3s" | "k0s", ..] => return Err(engine_error()),
+        [joined, build, more @ ..] if is_joined_engine(joined) => {
+            rest = more;
+            Some((SoftwareVersion::parse(&format!("{joined}-{build}"), None)?, EngineSpelling::Joined))
+        }
+        [joined] if is_joined_engine(joined) => return Err(engine_error()),
+        _ => None,
+    };
+    let uki = rest.first() == Some(&"uki");
+    if uki {
+        rest = &rest[1..];
+    }
+    let dash_img = rest.first() == Some(&"img");
+    if dash_img {
+        rest = &rest[1..];
+    }
+    if let Some(extra) = rest.first() {
+        return Err(ValueError::new(
+            "tag",
+            format!(
+                "unexpected `{extra}` after the release: only a k3s/k0s version, then `-uki`, then `-img` may follow"
+            ),
+            tag,
+        ));
+    }
+    Ok(Tail { release, software, uki, dash_img })
+}
+
+fn is_variant_word(s: &str) -> bool {
+    matches!(s, "core" | "standard")
+}
+
+/// `vX.Y.Z` with decimal parts: the anchor of every Kairos release.
+fn is_release_segment(s: &str) -> bool {
+    s.strip_prefix('v').is_some_and(|v| {
+        let parts: Vec<&str> = v.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+fn starts_with_release(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next() == Some(b'v') && bytes.next().is_some_and(|b| b.is_ascii_digit())
+}
+
+/// `k3sv1...` / `k0sv1...`: the v1 and v2 engine spelling.
+fn is_joined_engine(s: &str) -> bool {
+    ["k3s", "k0s"].iter().any(|d| s.strip_prefix(d).is_some_and(starts_with_release))
+}
+
+/// A dash-separated word that ends a pre-release.
+fn is_tail_token(s: &str) -> bool {
+    matches!(s, "k3s" | "k0s" | "uki" | "img") || is_joined_engine(s)
+}
+
+fn check_release(release: &Version) -> Result<(), ValueError> {
+    if !release.build.is_empty() {
+        return Err(ValueError::new(
+            "release",
+            "build metadata (`+...`) cannot be written in an OCI tag",
+            release.to_string(),
+        ));
+    }
+    let pre = release.pre.as_str();
+    if let Some(word) = pre.split('-').find(|s| is_tail_token(s) || is_variant_word(s)) {
+        return Err(ValueError::new(
+            "release",
+            format!("pre-release part `{word}` would read as a tag word (core, standard, k3s, k0s, uki, img)"),
+            release.to_string(),
+        ));
+    }
+    if pre.ends_with(".img") {
+        return Err(ValueError::new("release", "a pre-release ending in `.img` would read as a disk image", pre));
+    }
+    Ok(())
+}
+
+fn check_software(sw: &SoftwareVersion) -> Result<(), ValueError> {
+    let rule = if !sw.version.pre.is_empty() || !sw.version.build.is_empty() {
+        Some("a tag cannot carry a Kubernetes pre-release or build metadata")
+    } else if !sw.build.starts_with(sw.distro.as_str()) {
+        Some("the build suffix starts with the distribution name, e.g. `k3s1` or `k0s.0`")
+    } else if sw.build.contains('-') || sw.build.ends_with(".img") {
+        Some("the build suffix must be one tag word, e.g. `k3s1` or `k0s.0`")
+    } else {
+        None
+    };
+    match rule {
+        Some(rule) => Err(ValueError::new("software_version", rule, sw.to_string())),
+        None => validate_component("software_version", &sw.build),
+    }
+}
+
+fn parse_digest(digest: &str) -> Result<String, ValueError> {
+    let ok = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    if ok {
+        Ok(digest.to_string())
+    } else {
+        Err(ValueError::new("digest", "must be `sha256:` followed by 64 lowercase hex digits", digest))
+    }
+}
+
+fn is_registry_host(part: &str) -> bool {
+    part.contains('.') || part.contains(':') || part == "localhost"
+}
+
+fn check_registry_host(part: &str) -> Result<(), ValueError> {
+    let (host, port) = match part.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (part, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && !host.starts_with(['.', '-'])
+        && !host.ends_with(['.', '-']);
+    let port_ok = port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    if host_ok && port_ok {
+        Ok(())
+    } else {
+        Err(ValueError::new("registry", "must be a host name with an optional `:port`", part))
+    }
+}
+
+/// An OCI repository path component: lowercase letters and digits, joined by `.`, `_` or `-`.
+fn check_path_component(field: &'static str, part: &str) -> Result<(), ValueError> {
+    let bytes = part.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let ok = bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum)
+        && bytes.iter().all(|b| alnum(b) || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValueError::new(
+            field,
+            "a repository path component is lowercase letters and digits joined by `.`, `_` or `-`",
+            part,
+        ))
+    }
+}
+
+/// OCI tags: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn check_tag_charset(tag: &str) -> Result<(), ValueError> {
+    if tag.is_empty() {
+        return Err(ValueError::new("tag", "missing: nothing follows the `:`", tag));
+    }
+    let ok = !tag.starts_with(['.', '-'])
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return Err(ValueError::new(
+            "tag",
+            "may hold only letters, digits, `_`, `.` and `-`, and must not start with `.` or `-`",
+            tag,
+        ));
+    }
+    if tag.len() > MAX_TAG_LEN {
+        return Err(ValueError::new("tag", "longer than the 128 characters an OCI tag may have", tag));
+    }
+    Ok(())
+}
+
+/// The leading Kairos release of a free-form version string such as
+/// `v2.4.2-v1.27.6+k3s1` or `v3.0.0-rc1`: `vX.Y.Z` plus any pre-release
+/// that precedes an engine version.
+pub(crate) fn leading_release(s: &str) -> Option<Version> {
+    let s = s.trim();
+    let s = s.strip_prefix('v').unwrap_or(s);
+    let mut segments = s.split('-');
+    let core = segments.next()?.split('+').next()?;
+    if !is_release_segment(&format!("v{core}")) {
+        return None;
+    }
+    // An engine version follows as `v1.27.6+k3s1` or `k3sv1.27.6`; anything
+    // before it is the release's own pre-release.
+    let pre: Vec<&str> = segments.take_while(|seg| !is_tail_token(seg) && !starts_with_release(seg)).collect();
+    let pre = pre.join("-");
+    let pre = pre.split('+').next().unwrap_or("");
+    let text = if pre.is_empty() { core.to_string() } else { format!("{core}-{pre}") };
+    Version::parse(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::model::K8sDistro;
+    use proptest::prelude::*;
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn parse(s: &str) -> ImageRef {
+        ImageRef::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn k3s(version: &str, build: &str) -> SoftwareVersion {
+        SoftwareVersion { distro: K8sDistro::K3s, version: Version::parse(version).unwrap(), build: build.into() }
+    }
+
+    fn family(flavor: &str, release: &str, variant: Variant, arch: Arch, model: &str) -> ImageFamily {
+        ImageFamily { flavor: flavor.into(), flavor_release: release.into(), variant, arch, model: model.into() }
+    }
+
+    /// Real tags of every Kairos generation, plus mirrors; each is also tried pinned to a digest.
+    const CORPUS: &[&str] = &[
+        "quay.io/kairos/core-opensuse:v1.5.0",
+        "quay.io/kairos/kairos-opensuse:v1.5.1-k3sv1.26.1-k3s1",
+        "quay.io/kairos/core-alpine-arm-rpi:v1.1.7.img",
+        "quay.io/kairos/kairos-ubuntu-22-lts:v1.6.0-k3sv1.25.6-k3s1",
+        "quay.io/kairos/core-ubuntu-20-lts:v1.4.0",
+        "quay.io/kairos/core-opensuse-arm-rpi-img:v1.5.0",
+        "quay.io/kairos/kairos-alpine-opensuse-leap:v1.6.1-k3sv1.26.1-k3s1",
+        "quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1",
+        "quay.io/kairos/ubuntu:22.04-core-amd64-generic-v2.4.3",
+        "quay.io/kairos/alpine:3.19-standard-arm64-rpi4-v3.0.0-k3sv1.29.0-k3s1",
+        "quay.io/kairos/ubuntu:22.04-core-arm64-nvidia-jetson-agx-orin-v3.1.0",
+        "quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v3.0.6-k3sv1.29.3-k3s1",
+        "quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.5.0-k3s-v1.33.2-k3s1",
+        "quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0-uki",
+        "quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.5.1-k0s-v1.33.3-k0s.0",
+        "quay.io/kairos/opensuse:leap-15.6-core-amd64-generic-v3.5.0-img",
+        "quay.io/kairos/rockylinux:9-core-amd64-generic-v3.0.0-rc1",
+        "quay.io/kairos/core-opensuse:v2.5.0-beta.2",
+        "registry.local:5000/mirror/kairos/core-opensuse:v1.5.0",
+        "localhost:5000/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0",
+        "core-opensuse:v1.5.0",
+    ];
+
+    #[test]
+    fn real_tags_of_every_generation_render_byte_identically() {
+        let pinned = CORPUS.iter().map(|s| format!("{s}@{DIGEST}"));
+        for s in CORPUS.iter().map(|s| s.to_string()).chain(pinned) {
+            let image = parse(&s);
+            assert_eq!(image.to_string(), s);
+            assert_eq!(ImageRef::parse(&image.to_string()), Ok(image));
+        }
+    }
+
+    #[test]
+    fn v1_repository_names_the_variant_and_the_seed_table_names_the_platform() {
+        let core = parse("quay.io/kairos/core-opensuse:v1.5.0");
+        assert_eq!(core.grammar(), TagGrammar::V1);
+        assert_eq!(core.family(), family("opensuse", "", Variant::Core, Arch::Amd64, "generic"));
+        assert_eq!(core.release(), &Version::new(1, 5, 0));
+        assert_eq!(core.software(), None);
+
+        let standard = parse("quay.io/kairos/kairos-opensuse:v1.5.1-k3sv1.26.1-k3s1");
+        assert_eq!(standard.family().variant, Variant::Standard);
+        assert_eq!(standard.software(), Some(&k3s("1.26.1", "k3s1")));
+
+        let rpi = parse("quay.io/kairos/kairos-opensuse-arm-rpi:v1.5.0-k3sv1.26.1-k3s1");
+        assert_eq!(rpi.family(), family("opensuse-arm-rpi", "", Variant::Standard, Arch::Arm64, "rpi"));
+        let unknown = parse("quay.io/kairos/core-debian:v1.5.0");
+        assert_eq!((unknown.family().arch, unknown.family().model.as_str()), (Arch::Amd64, "generic"));
+    }
+
+    #[test]
+    fn v2_tag_anchors_on_variant_arch_and_release_so_dashed_parts_survive() {
+        let leap = parse("quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1");
+        assert_eq!(leap.grammar(), TagGrammar::V2);
+        assert_eq!(leap.family(), family("opensuse", "leap-15.5", Variant::Standard, Arch::Amd64, "generic"));
+        assert_eq!(leap.release(), &Version::new(2, 4, 2));
+        assert_eq!(leap.software(), Some(&k3s("1.27.6", "k3s1")));
+
+        let jetson = parse("quay.io/kairos/ubuntu:22.04-core-arm64-nvidia-jetson-agx-orin-v3.1.0");
+        assert_eq!(jetson.family(), family("ubuntu", "22.04", Variant::Core, Arch::Arm64, "nvidia-jetson-agx-orin"));
+        assert_eq!(jetson.grammar(), TagGrammar::V2);
+    }
+
+    #[test]
+    fn v35_tag_gives_the_distro_its_own_dash() {
+        let k3s_image = parse("quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.5.0-k3s-v1.33.2-k3s1");
+        assert_eq!(k3s_image.grammar(), TagGrammar::V35);
+        assert_eq!(k3s_image.software(), Some(&k3s("1.33.2", "k3s1")));
+
+        let k0s = parse("quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.5.1-k0s-v1.33.3-k0s.0");
+        let sw = k0s.software().unwrap();
+        assert_eq!((sw.distro, sw.build.as_str()), (K8sDistro::K0s, "k0s.0"));
+        assert_eq!(k0s.release(), &Version::new(3, 5, 1));
+    }
+
+    #[test]
+    fn uki_suffix_marks_trusted_boot_within_the_same_family() {
+        let uki = parse("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0-uki");
+        let plain = parse("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0");
+        assert!(uki.trusted_boot());
+        assert!(!plain.trusted_boot());
+        assert_eq!(uki.family(), plain.family());
+        assert_ne!(uki, plain);
+    }
+
+    #[test]
+    fn core_tags_take_the_v35_grammar_from_release_3_5_on() {
+        assert_eq!(parse("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.4.2").grammar(), TagGrammar::V2);
+        assert_eq!(parse("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0").grammar(), TagGrammar::V35);
+        assert_eq!(parse("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0-rc2").grammar(), TagGrammar::V35);
+        assert_eq!(TagGrammar::for_release(&Version::new(1, 6, 0)), TagGrammar::V1);
+        assert_eq!(TagGrammar::for_release(&Version::new(2, 4, 0)), TagGrammar::V2);
+        assert_eq!(TagGrammar::for_release(&Version::parse("3.5.0-beta.1").unwrap()), TagGrammar::V35);
+    }
+
+    #[test]
+    fn pre_release_ends_at_the_next_tag_word() {
+        let rc = parse("quay.io/kairos/rockylinux:9-core-amd64-generic-v3.0.0-rc1");
+        assert_eq!(rc.release(), &Version::parse("3.0.0-rc1").unwrap());
+        let beta = parse("quay.io/kairos/kairos-opensuse:v2.5.0-beta.2-k3sv1.27.6-k3s1");
+        assert_eq!(beta.release(), &Version::parse("2.5.0-beta.2").unwrap());
+        assert_eq!(beta.software(), Some(&k3s("1.27.6", "k3s1")));
+        let uki = parse("quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.5.0-rc-1-k3s-v1.33.2-k3s1-uki-img");
+        assert_eq!(uki.release(), &Version::parse("3.5.0-rc-1").unwrap());
+        assert!(uki.trusted_boot() && uki.is_disk_image());
+    }
+
+    #[test]
+    fn registry_prefix_is_kept_exactly_as_written() {
+        let mirror = parse("registry.local:5000/mirror/kairos/core-opensuse:v1.5.0");
+        assert_eq!(mirror.registry(), Some("registry.local:5000"));
+        assert_eq!(mirror.registry_prefix(), "registry.local:5000/mirror/kairos");
+        assert_eq!(mirror.repository(), "mirror/kairos/core-opensuse");
+        let local = parse("localhost:5000/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0");
+        assert_eq!(local.registry(), Some("localhost:5000"));
+        let bare = parse("kairos/core-opensuse:v1.5.0");
+        assert_eq!((bare.registry(), bare.repository().as_str()), (None, "kairos/core-opensuse"));
+        assert_eq!(parse("quay.io/kairos/core-opensuse:v1.5.0").registry_prefix(), &RegistryPrefix::default());
+    }
+
+    #[test]
+    fn mirror_prefix_is_configuration_and_keeps_the_digest() {
+        let upstream = parse(&format!("quay.io/kairos/kairos-opensuse:v1.5.1-k3sv1.26.1-k3s1@{DIGEST}"));
+        let mirror = RegistryPrefix::parse("registry.local:5000/mirror/kairos/").unwrap();
+        let moved = upstream.with_registry_prefix(&mirror);
+        assert_eq!(
+            moved.to_string(),
+            format!("registry.local:5000/mirror/kairos/kairos-opensuse:v1.5.1-k3sv1.26.1-k3s1@{DIGEST}")
+        );
+        assert_eq!(moved.family(), upstream.family());
+        assert_eq!(moved.with_registry_prefix(&RegistryPrefix::default()), upstream);
+        assert_eq!(RegistryPrefix::default().to_string(), DEFAULT_REGISTRY_PREFIX);
+    }
+
+    #[test]
+    fn digest_pins_content_and_must_be_sha256_hex() {
+        let pinned = parse("quay.io/kairos/core-opensuse:v1.5.0").with_digest(DIGEST).unwrap();
+        assert_eq!(pinned.digest(), Some(DIGEST));
+        assert_eq!(pinned.tag(), "v1.5.0");
+        for bad in ["sha256:abc", "md5:0123", &DIGEST.to_uppercase()] {
+            let e = ImageRef::parse(&format!("quay.io/kairos/core-opensuse:v1.5.0@{bad}")).unwrap_err();
+            assert_eq!(e.field(), "digest", "{bad}");
+        }
+    }
+
+    #[test]
+    fn disk_image_is_never_an_upgrade_target() {
+        for (s, suffix) in [
+            ("quay.io/kairos/core-alpine-arm-rpi:v1.1.7.img", ".img"),
+            ("quay.io/kairos/opensuse:leap-15.6-core-amd64-generic-v3.5.0-img", "-img"),
+            ("quay.io/kairos/core-opensuse-arm-rpi-img:v1.5.0", "-img"),
+        ] {
+            assert!(parse(s).is_disk_image());
+            let e = ImageRef::upgrade_target(s).unwrap_err();
+            assert_eq!(e.field(), "tag");
+            let msg = e.to_string();
+            assert!(msg.contains("raw disk artifacts are never upgrade targets"), "{msg}");
+            assert!(msg.contains(&format!("use the container image tag without {suffix}")), "{msg}");
+        }
+        let e = ImageRef::upgrade_target("quay.io/kairos/core-alpine-arm-rpi:v1.1.7.img").unwrap_err();
+        assert!(e.to_string().ends_with("quay.io/kairos/core-alpine-arm-rpi:v1.1.7"), "{e}");
+        assert!(ImageRef::upgrade_target("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0-uki").is_ok());
+    }
+
+    #[test]
+    fn for_target_renders_the_tag_a_node_needs() {
+        let seed = matrix::seed_flavor("opensuse").unwrap().family(Variant::Core);
+        let v1 = ImageRef::for_target(
+            &RegistryPrefix::default(),
+            &seed,
+            TagGrammar::V1,
+            &Version::new(1, 5, 1),
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(v1.to_string(), "quay.io/kairos/core-opensuse:v1.5.1");
+
+        let leap = family("opensuse", "leap-15.5", Variant::Standard, Arch::Amd64, "generic");
+        let sw = k3s("1.27.6", "k3s1");
+        let v2 = ImageRef::for_target(
+            &RegistryPrefix::default(),
+            &leap,
+            TagGrammar::V2,
+            &Version::new(2, 4, 2),
+            Some(&sw),
+            false,
+        )
+        .unwrap();
+        assert_eq!(v2.to_string(), "quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1");
+
+        let mirror = RegistryPrefix::parse("localhost:5000/kairos").unwrap();
+        let v35 =
+            ImageRef::for_target(&mirror, &leap, TagGrammar::V35, &Version::new(3, 5, 0), Some(&sw), true).unwrap();
+        assert_eq!(
+            v35.to_string(),
+            "localhost:5000/kairos/opensuse:leap-15.5-standard-amd64-generic-v3.5.0-k3s-v1.27.6-k3s1-uki"
+        );
+    }
+
+    #[test]
+    fn for_target_refuses_combinations_no_tag_can_express() {
+        use TagGrammar::{V1, V2, V35};
+        let prefix = RegistryPrefix::default();
+        let refused = |fam: &ImageFamily, grammar, release: &str, sw: Option<&SoftwareVersion>, uki| {
+            let release = Version::parse(release).unwrap();
+            let e = ImageRef::for_target(&prefix, fam, grammar, &release, sw, uki).unwrap_err();
+            assert!(e.to_string().contains(&format!("{}: ", e.field())), "{e}");
+            e.field()
+        };
+        let v1_core = matrix::seed_flavor("opensuse").unwrap().family(Variant::Core);
+        let v1_standard = matrix::seed_flavor("opensuse").unwrap().family(Variant::Standard);
+        let ubuntu = family("ubuntu", "24.04", Variant::Core, Arch::Amd64, "generic");
+        let sw = k3s("1.27.6", "k3s1");
+
+        let with_release = ImageFamily { flavor_release: "15.4".into(), ..v1_core.clone() };
+        assert_eq!(refused(&with_release, V1, "1.5.0", None, false), "flavor_release");
+        assert_eq!(refused(&v1_standard, V1, "1.5.0", None, false), "software");
+        assert_eq!(refused(&v1_core, V1, "1.5.0", Some(&sw), false), "software");
+        assert_eq!(refused(&v1_core, V1, "1.5.0", None, true), "trusted_boot");
+        let on_arm = ImageFamily { arch: Arch::Arm64, ..v1_core.clone() };
+        assert_eq!(refused(&on_arm, V1, "1.5.0", None, false), "arch");
+        let no_release = ImageFamily { flavor_release: String::new(), ..ubuntu.clone() };
+        assert_eq!(refused(&no_release, V2, "2.4.0", None, false), "flavor_release");
+        assert_eq!(refused(&ubuntu, V2, "3.5.0", None, false), "grammar");
+        assert_eq!(refused(&ubuntu, V35, "3.4.0", None, false), "grammar");
+        assert_eq!(refused(&ubuntu, V2, "3.0.0+build5", None, false), "release");
+        assert_eq!(refused(&ubuntu, V2, "3.0.0-img", None, false), "release");
+        let model = ImageFamily { model: "rpi-v1.2.3".into(), ..ubuntu.clone() };
+        assert_eq!(refused(&model, V2, "3.0.0", None, false), "model");
+        let upper = ImageFamily { flavor: "Ubuntu".into(), ..ubuntu.clone() };
+        assert_eq!(refused(&upper, V2, "3.0.0", None, false), "flavor");
+        let odd_build = SoftwareVersion { build: "rke2".into(), ..sw.clone() };
+        let standard = ImageFamily { variant: Variant::Standard, ..ubuntu.clone() };
+        assert_eq!(refused(&standard, V2, "3.0.0", Some(&odd_build), false), "software_version");
+    }
+
+    #[test]
+    fn missing_tag_is_an_error_naming_the_tag() {
+        for s in [
+            "quay.io/kairos/core-opensuse",
+            "localhost:5000/kairos/ubuntu",
+            "quay.io/kairos/core-opensuse:",
+            &format!("quay.io/kairos/core-opensuse@{DIGEST}"),
+        ] {
+            let e = ImageRef::parse(s).unwrap_err();
+            assert_eq!(e.field(), "tag", "{s}: {e}");
+            assert!(e.to_string().contains("tag: missing"), "{e}");
+        }
+    }
+
+    #[test]
+    fn garbage_tag_is_an_error_naming_the_tag_grammar() {
+        for s in ["quay.io/kairos/core-opensuse:latest", "quay.io/kairos/ubuntu:24.04", "quay.io/kairos/x:a b"] {
+            let e = ImageRef::parse(s).unwrap_err();
+            assert_eq!(e.field(), "tag", "{s}: {e}");
+        }
+        let e = ImageRef::parse("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0-uki-extra").unwrap_err();
+        assert!(e.to_string().contains("unexpected `extra` after the release"), "{e}");
+    }
+
+    #[test]
+    fn v1_tag_with_bad_semver_names_the_release() {
+        for s in [
+            "quay.io/kairos/core-opensuse:v1.5",
+            "quay.io/kairos/core-opensuse:v01.5.0",
+            "quay.io/kairos/core-opensuse:v1.5.0.1",
+            "quay.io/kairos/kairos-ubuntu-22-lts:v1.6.0--k3sv1.25.6-k3s1",
+        ] {
+            let e = ImageRef::parse(s).unwrap_err();
+            assert_eq!(e.field(), "release", "{s}: {e}");
+            assert!(e.to_string().contains("semver"), "{e}");
+        }
+        let e = ImageRef::parse("quay.io/kairos/opensuse:v1.5.0").unwrap_err();
+        assert_eq!(e.field(), "repository");
+    }
+
+    #[test]
+    fn unknown_arch_names_the_arch_field() {
+        let e = ImageRef::parse("quay.io/kairos/ubuntu:24.04-core-riscv64-generic-v3.5.0").unwrap_err();
+        assert_eq!(e.field(), "arch");
+        assert!(e.to_string().contains("arch: must be `amd64` or `arm64`"), "{e}");
+        let e = ImageRef::parse("quay.io/kairos/ubuntu:24.04-core-x86_64-generic-v3.5.0").unwrap_err();
+        assert_eq!(e.field(), "arch", "kernel spellings never appear in tags: {e}");
+    }
+
+    #[test]
+    fn variant_and_engine_must_agree() {
+        let e = ImageRef::parse("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0-k3s-v1.33.2-k3s1").unwrap_err();
+        assert_eq!(e.field(), "software");
+        let e = ImageRef::parse("quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.5.0").unwrap_err();
+        assert_eq!(e.field(), "software");
+        let e = ImageRef::parse("quay.io/kairos/kairos-opensuse:v1.5.0-k3s-v1.26.1-k3s1").unwrap_err();
+        assert_eq!(e.field(), "software_version");
+        let e = ImageRef::parse("quay.io/kairos/ubuntu:24.04-standard-amd64-generic-v3.5.0-k3s-v1.33.2").unwrap_err();
+        assert_eq!(e.field(), "software_version");
+    }
+
+    #[test]
+    fn registry_prefix_rejects_malformed_configuration() {
+        for bad in ["Quay/Kairos", "quay.io//kairos", "quay.io:port/kairos", "-bad.io/kairos"] {
+            let e = RegistryPrefix::parse(bad).unwrap_err();
+            assert!(matches!(e, ImageRefError::InvalidPrefix { .. }), "{bad}: {e}");
+        }
+        assert!(RegistryPrefix::parse("").unwrap().is_empty());
+        assert_eq!(RegistryPrefix::parse("localhost").unwrap().registry(), Some("localhost"));
+        assert_eq!(RegistryPrefix::parse("kairos").unwrap().registry(), None);
+    }
+
+    #[test]
+    fn leading_release_ignores_a_trailing_engine_version() {
+        assert_eq!(leading_release("v2.4.2-v1.27.6+k3s1"), Some(Version::new(2, 4, 2)));
+        assert_eq!(leading_release("v1.5.0-k3sv1.26.1+k3s1"), Some(Version::new(1, 5, 0)));
+        assert_eq!(leading_release("v3.2.1"), Some(Version::new(3, 2, 1)));
+        assert_eq!(leading_release("v3.0.0-rc1"), Version::parse("3.0.0-rc1").ok());
+        assert_eq!(leading_release("v3.0.0-rc1-v1.29.0+k3s1"), Version::parse("3.0.0-rc1").ok());
+        assert_eq!(leading_release("latest"), None);
+    }
+
+    fn release_strategy() -> impl Strategy<Value = Version> {
+        let pre = prop_oneof![Just(String::new()), "(rc|beta|alpha)[1-9]?", "(rc|beta|alpha)\\.[1-9]", "rc-[1-9]",];
+        (0u64..6, 0u64..12, 0u64..20, pre).prop_map(|(major, minor, patch, pre)| {
+            let text = if pre.is_empty() {
+                format!("{major}.{minor}.{patch}")
+            } else {
+                format!("{major}.{minor}.{patch}-{pre}")
+            };
+            Version::parse(&text).unwrap_or_else(|_| Version::new(major, minor, patch))
+        })
+    }
+
+    fn software_strategy() -> impl Strategy<Value = SoftwareVersion> {
+        (prop::bool::ANY, 20u64..36, 0u64..16, 0u32..4).prop_map(|(k0s, minor, patch, n)| {
+            let (distro, build) =
+                if k0s { (K8sDistro::K0s, format!("k0s.{n}")) } else { (K8sDistro::K3s, format!("k3s{n}")) };
+            SoftwareVersion { distro, version: Version::new(1, minor, patch), build }
+        })
+    }
+
+    fn prefix_strategy() -> impl Strategy<Value = RegistryPrefix> {
+        prop_oneof![
+            Just("quay.io/kairos".to_string()),
+            Just("registry.local:5000/mirror/kairos".to_string()),
+            Just("localhost:5000".to_string()),
+            Just("kairos".to_string()),
+            Just(String::new()),
+            "[a-z]{1,8}\\.[a-z]{2,3}(:[0-9]{2,5})?(/[a-z0-9]{1,6}){0,3}",
+        ]
+        .prop_map(|p| RegistryPrefix::parse(&p).unwrap_or_default())
+    }
+
+    /// Valid (prefix, family, grammar, release, software, trusted_boot) combinations.
+    fn target_strategy(
+    ) -> impl Strategy<Value = (RegistryPrefix, ImageFamily, TagGrammar, Version, Option<SoftwareVersion>, bool)> {
+        let v1_flavor = prop_oneof![
+            prop::sample::select(matrix::SEED_FLAVORS.iter().map(|f| f.id.to_string()).collect::<Vec<_>>()),
+            "[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?".prop_filter("reads as a disk repository", |f| !f.ends_with("-img")),
+        ];
+        let flavor_release = prop_oneof!["[0-9]{1,2}\\.[0-9]{2}", "leap-15\\.[0-9]", "[0-9]{1,2}", "tumbleweed"];
+        let model = prop_oneof![
+            Just("generic".to_string()),
+            Just("nvidia-jetson-agx-orin".to_string()),
+            "rpi[34]?",
+            "[a-z][a-z0-9]{0,5}(-[a-z0-9]{1,5}){0,2}",
+        ];
+        let arch = prop_oneof![Just(Arch::Amd64), Just(Arch::Arm64)];
+        let variant = prop_oneof![Just(Variant::Core), Just(Variant::Standard)];
+        (
+            prefix_strategy(),
+            prop::sample::select(vec![TagGrammar::V1, TagGrammar::V2, TagGrammar::V35]),
+            v1_flavor,
+            "[a-z][a-z0-9]{1,9}",
+            flavor_release,
+            model,
+            arch,
+            variant,
+            release_strategy(),
+            software_strategy(),
+            prop::bool::ANY,
+        )
+            .prop_map(
+                |(prefix, grammar, v1_flavor, flavor, flavor_release, model, arch, variant, release, sw, uki)| {
+                    let software = (variant == Variant::Standard).then_some(sw);
+                    if grammar == TagGrammar::V1 {
+                        let (arch, model) = v1_platform(&v1_flavor);
+                        let fam =
+                            ImageFamily { flavor: v1_flavor, flavor_release: String::new(), variant, arch, model };
+                        (prefix, fam, grammar, release, software, false)
+                    } else {
+                        let grammar = if variant == Variant::Core { v2_or_v35(&release) } else { grammar };
+                        let fam = ImageFamily { flavor, flavor_release, variant, arch, model };
+                        (prefix, fam, grammar, release, software, uki)
+                    }
+                },
+            )
+    }
+
+    /// A corpus entry with a few characters replaced, inserted or removed.
+    fn mutated_reference() -> impl Strategy<Value = String> {
+        let edit = (0usize..200, 0u8..3, prop::sample::select(b"0123456789abcdefgkmsuv.:-_/@+".to_vec()));
+        (prop::sample::select(CORPUS.to_vec()), prop::collection::vec(edit, 1..4)).prop_map(|(s, edits)| {
+            let mut bytes = s.as_bytes().to_vec();
+            for (at, kind, byte) in edits {
+                let at = at % (bytes.len() + 1);
+                match kind {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_reference_that_parses_renders_back_byte_identically(s in mutated_reference()) {
+            if let Ok(image) = ImageRef::parse(&s) {
+                prop_assert_eq!(image.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn rendered_targets_parse_back_identically(
+            (prefix, fam, grammar, release, software, uki) in target_strategy(),
+            pin in prop::bool::ANY,
+        ) {
+            let image = ImageRef::for_target(&prefix, &fam, grammar, &release, software.as_ref(), uki)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let image = match pin {
+                true => image.with_digest(DIGEST).map_err(|e| TestCaseError::fail(e.to_string()))?,
+                false => image,
+            };
+            let rendered = image.to_string();
+            let back = ImageRef::parse(&rendered).map_err(|e| TestCaseError::fail(format!("{rendered}: {e}")))?;
+            prop_assert_eq!(&back, &image);
+            prop_assert_eq!(back.family(), fam);
+            prop_assert_eq!(back.release(), &release);
+            prop_assert_eq!(back.software(), software.as_ref());
+            prop_assert_eq!(back.grammar(), grammar);
+            prop_assert_eq!(back.trusted_boot(), uki);
+            prop_assert_eq!(back.registry_prefix(), &prefix);
+            prop_assert!(ImageRef::upgrade_target(&rendered).is_ok());
+        }
+
+        #[test]
+        fn disk_suffix_on_any_target_reads_as_the_same_image_marked_disk(
+            (prefix, fam, grammar, release, software, uki) in target_strategy(),
+            dot in prop::bool::ANY,
+        ) {
+            let image = ImageRef::for_target(&prefix, &fam, grammar, &release, software.as_ref(), uki)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let rendered = format!("{image}{}", if dot { ".img" } else { "-img" });
+            let disk = ImageRef::parse(&rendered).map_err(|e| TestCaseError::fail(format!("{rendered}: {e}")))?;
+            prop_assert!(disk.is_disk_image());
+            prop_assert_eq!(disk.to_string(), rendered.clone());
+            prop_assert_eq!(disk.family(), fam);
+            prop_assert_eq!(disk.release(), &release);
+            prop_assert!(ImageRef::upgrade_target(&rendered).is_err());
+        }
+    }
+}
