@@ -203,7 +203,8 @@ pub struct Strategy {
     pub on_failure: OnFailure,
     /// Wait this long after a wave is healthy before starting the next.
     pub bake: Millis,
-    /// Waves start only inside one of these windows (empty = any time).
+    /// New commands are sent only inside one of these windows (empty = any
+    /// time); nodes already in flight continue.
     pub windows: Vec<MaintenanceWindow>,
     /// An operator must approve each wave after the first.
     pub approve_waves: bool,

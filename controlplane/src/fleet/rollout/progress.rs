@@ -94,6 +94,19 @@ impl Rollout {
                         failed: c.failed,
                         deferred: c.deferred,
                     });
+                    // A wave whose nodes were all deferred (or all failed and
+                    // acknowledged) proved nothing about the image: the next,
+                    // bigger wave must not start on no evidence.
+                    if c.healthy == 0 && c.total > 0 {
+                        let reason = format!(
+                            "wave {w} finished with no healthy node ({} deferred offline, {} failed): nothing shows \
+                             the image works; bring its nodes online, or Resume to continue without evidence",
+                            c.deferred, c.failed
+                        );
+                        self.set_phase(Phase::Paused { reason: reason.clone() }, cx);
+                        cx.emit(RolloutEvent::Paused { reason });
+                        return;
+                    }
                     cx.now
                 }
             };
