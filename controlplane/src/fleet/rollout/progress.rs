@@ -94,14 +94,15 @@ impl Rollout {
                         failed: c.failed,
                         deferred: c.deferred,
                     });
-                    // A wave whose nodes were all deferred (or all failed and
-                    // acknowledged) proved nothing about the image: the next,
-                    // bigger wave must not start on no evidence.
-                    if c.healthy == 0 && c.total > 0 {
+                    // A wave whose nodes were all deferred proved nothing
+                    // about the image: the next, bigger wave must not start
+                    // on no evidence. (Failures went through the threshold
+                    // and an operator already accepted them.)
+                    if c.healthy == 0 && c.failed == 0 && c.deferred > 0 {
                         let reason = format!(
-                            "wave {w} finished with no healthy node ({} deferred offline, {} failed): nothing shows \
-                             the image works; bring its nodes online, or Resume to continue without evidence",
-                            c.deferred, c.failed
+                            "wave {w} finished with no healthy node ({} deferred offline): nothing shows the image \
+                             works; bring its nodes online, or Resume to continue without evidence",
+                            c.deferred
                         );
                         self.set_phase(Phase::Paused { reason: reason.clone() }, cx);
                         cx.emit(RolloutEvent::Paused { reason });

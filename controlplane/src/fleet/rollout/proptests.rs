@@ -334,6 +334,13 @@ proptest! {
                 r.apply(Event::Approve { wave, now }).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 continue;
             }
+            // A wave of only offline nodes pauses for lack of evidence; the
+            // operator here chooses to go on.
+            if let Phase::Paused { reason } = r.phase() {
+                prop_assert!(reason.contains("no healthy node"), "unexpected pause: {reason}");
+                r.apply(Event::Resume { retry_failed: false, now }).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                continue;
+            }
             // Let a little time pass on steps where nothing is due, so nodes
             // scheduled to come back get their turn.
             now = r.next_wakeup().unwrap_or(now + MINUTE).max(now + 1);

@@ -460,6 +460,20 @@ fn offline_nodes_deferred_and_reported_wave_not_stalled() {
 }
 
 #[test]
+fn wave_with_only_deferred_nodes_pauses_for_lack_of_evidence() {
+    let nodes = vec![NodeAssignment { online: false, ..assignment("off") }, assignment("z")];
+    let mut h = Harness::with(strategy(), &[&["off"], &["z"]], nodes);
+    assert!(commanded(&h.start()).is_empty());
+    let acts = h.at(T0 + 15 * MINUTE).tick();
+    assert!(emitted(&acts).contains(&RolloutEvent::WaveCompleted { wave: 0, healthy: 0, failed: 0, deferred: 1 }));
+    let Phase::Paused { reason } = h.r.phase() else { panic!("expected a pause, got {:?}", h.r.phase()) };
+    assert!(reason.contains("no healthy node"), "{reason}");
+    assert!(h.at(T0 + 2 * HOUR).tick().is_empty(), "the next wave waits for the operator");
+    let acts = h.at(T0 + 2 * HOUR).apply(|now| Event::Resume { retry_failed: false, now });
+    assert_eq!(commanded(&acts), ["z"], "after resume the rollout continues once the bake is over");
+}
+
+#[test]
 fn offline_node_waits_while_others_are_still_in_flight() {
     let nodes = vec![assignment("a"), NodeAssignment { online: false, ..assignment("off") }];
     let mut h = Harness::with(strategy(), &[&["a", "off"]], nodes);
