@@ -93,8 +93,9 @@ fn image_for(family: &ImageFamily, release: &Version, software: Option<&Software
 }
 
 /// Builds the simulated fleet: every seed family, standard nodes grouped in
-/// k3s clusters of one to three servers plus agents, a few nodes ahead of the
-/// target (refused as downgrades) and one already on it.
+/// k3s clusters of three servers and two agents, a few nodes on a release
+/// ahead of the target that the catalog does not know (refused as
+/// downgrades) and one already on the target.
 fn build_fleet(count: usize) -> (Vec<SimNode>, ReleaseCatalog) {
     let families: Vec<ImageFamily> = SEED_FLAVORS
         .iter()
@@ -104,7 +105,7 @@ fn build_fleet(count: usize) -> (Vec<SimNode>, ReleaseCatalog) {
     let mut catalog = ReleaseCatalog::new();
     for fam in &families {
         let sw = if fam.variant == Variant::Standard { software.clone() } else { None };
-        for r in [FROM, TO, AHEAD] {
+        for r in [FROM, TO] {
             catalog.add(fam.clone(), version(r), sw.clone());
         }
     }
@@ -350,6 +351,7 @@ fn describe(p: &mut Printer<'_>, now: Millis, rollout: &Rollout, ev: &RolloutEve
         }
         RolloutEvent::Resumed { retried } => p.line(now, format!("resumed, retrying {} node(s)", retried.len())),
         RolloutEvent::Completed => p.line(now, "all waves healthy: rollout completed"),
+        RolloutEvent::Started => p.line(now, "rollout started"),
         RolloutEvent::Paused { .. } => Ok(()),
         other => p.line(now, format!("{other:?}")),
     }

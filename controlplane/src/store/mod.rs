@@ -1,0 +1,62 @@
+//! The replicated store: openraft (storage-v2) log storage and a revisioned
+//! key-value state machine, both on one sled database per replica.
+//!
+//! ```text
+//! <data dir>/store/            the sled database
+//!   tree raft_log              index (big-endian u64) -> entry
+//!   tree raft_meta             vote, committed, last_purged
+//!   tree state_machine         d<key> -> KeyValue, m/* meta, s/current snapshot
+//! ```
+//!
+//! Entries, votes and state-machine records are encoded by `codec`
+//! (a format byte, then postcard).
+
+mod codec;
+mod error;
+pub mod kv;
+mod log_store;
+mod state_machine;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{Access, StoreError};
+pub use kv::{Compare, CompareOp, CompareTarget, KeyValue, Op, OpResult, Request, Response};
+pub use log_store::{LogReader, LogStore, MAX_READ_BYTES};
+pub use state_machine::{KvReader, SnapshotBuilder, StateMachineStore};
+pub use types::{NodeId, Raft, ReplicaNode, TypeConfig};
+
+/// Upper bound of sled's in-memory page cache.
+const CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Opens the replicated store of one replica.
+pub struct Store;
+
+impl Store {
+    /// Where the sled database of the replica whose data dir is `dir` lives.
+    pub fn sled_path(dir: &Path) -> PathBuf {
+        dir.join("store")
+    }
+
+    /// Opens (creating if needed) the store in the replica data dir `dir`.
+    ///
+    /// One sled database backs both halves, so one fsync covers the log and
+    /// the state machine. sled locks the database file: a second open of the
+    /// same dir, in this process or another, fails until every handle of the
+    /// first (including [`LogReader`]s and [`KvReader`]s) is dropped.
+    pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.to_path_buf(), source })?;
+        let path = Self::sled_path(dir);
+        let db = sled::Config::new()
+            .path(&path)
+            // sled's default page cache may grow to 1 GiB; the fleet state is
+            // tens of MiB, and replicas share hosts with other services.
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| StoreError::sled(Access::Open, path.display().to_string(), e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| StoreError::sled(Access::Open, name, e));
+        let log = LogStore::open(tree("raft_log")?, tree("raft_meta")?)?;
+        let sm = StateMachineStore::open(tree("state_machine")?)?;
+        Ok((log, sm))
+    }
+}

@@ -1,0 +1,47 @@
+//! Entry builders and store helpers shared by the store tests.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use kairos_controlplane::store::types::{Entry, EntryPayload, LogId, Membership};
+use kairos_controlplane::store::{LogStore, Request, StateMachineStore, Store};
+use openraft::CommittedLeaderId;
+
+/// The log id of `index` written by node 0 in `term`.
+pub fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 0), index)
+}
+
+/// A normal entry carrying `request`.
+pub fn normal(term: u64, index: u64, request: Request) -> Entry {
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(request) }
+}
+
+/// A blank entry (what a new leader writes first).
+pub fn blank(term: u64, index: u64) -> Entry {
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Blank }
+}
+
+/// A membership entry making `voters` the voters.
+pub fn membership(term: u64, index: u64, voters: &[u64]) -> Entry {
+    let config: BTreeSet<u64> = voters.iter().copied().collect();
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Membership(Membership::new(vec![config], None)) }
+}
+
+/// Opens the store in `dir`, failing the test with the store's message.
+pub fn open(dir: &Path) -> (LogStore, StateMachineStore) {
+    match Store::open(dir) {
+        Ok(pair) => pair,
+        Err(e) => panic!("opening the store in {} failed: {e}", dir.display()),
+    }
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("create a temporary directory")
+}
+
+/// A current-thread tokio runtime for tests that mix sync and async steps.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("build a tokio runtime")
+}
