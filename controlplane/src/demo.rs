@@ -97,10 +97,8 @@ fn image_for(family: &ImageFamily, release: &Version, software: Option<&Software
 /// ahead of the target that the catalog does not know (refused as
 /// downgrades) and one already on the target.
 fn build_fleet(count: usize) -> (Vec<SimNode>, ReleaseCatalog) {
-    let families: Vec<ImageFamily> = SEED_FLAVORS
-        .iter()
-        .flat_map(|f| [f.family(Variant::Core), f.family(Variant::Standard)])
-        .collect();
+    let families: Vec<ImageFamily> =
+        SEED_FLAVORS.iter().flat_map(|f| [f.family(Variant::Core), f.family(Variant::Standard)]).collect();
     let software = k3s("k3sv1.26.1-k3s1");
     let mut catalog = ReleaseCatalog::new();
     for fam in &families {
@@ -161,7 +159,7 @@ impl Printer<'_> {
 
 fn bar(done: usize, total: usize) -> String {
     let width = 24;
-    let filled = if total == 0 { width } else { done * width / total };
+    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
     format!("[{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width - filled))
 }
 
@@ -220,7 +218,11 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<DemoOutcome> {
         format_duration(strategy.health_timeout)
     ))?;
     for (i, w) in plan.waves.iter().enumerate() {
-        p.plain(format!("  wave {i}: {} nodes{}", w.nodes.len(), if i == 0 { " (a canary per image family)" } else { "" }))?;
+        p.plain(format!(
+            "  wave {i}: {} nodes{}",
+            w.nodes.len(),
+            if i == 0 { " (a canary per image family)" } else { "" }
+        ))?;
     }
     p.plain("")?;
 
@@ -339,7 +341,10 @@ fn describe(p: &mut Printer<'_>, now: Millis, rollout: &Rollout, ev: &RolloutEve
             let c = rollout.counts_for_wave(*wave);
             p.line(
                 now,
-                format!("wave {wave} done {}  healthy {healthy}, failed {failed}, deferred {deferred}", bar(c.healthy, c.total)),
+                format!(
+                    "wave {wave} done {}  healthy {healthy}, failed {failed}, deferred {deferred}",
+                    bar(c.healthy, c.total)
+                ),
             )
         }
         RolloutEvent::Baking { wave, until } => {

@@ -33,8 +33,11 @@ pub struct FleetReport {
 
 impl FleetReport {
     /// Builds the report from each node's family and release. A family the
-    /// catalog does not know is judged against the releases seen in the fleet.
-    pub fn build<'a>(nodes: impl IntoIterator<Item = (&'a ImageFamily, &'a Version)>, catalog: &ReleaseCatalog) -> Self {
+    /// catalog does not know counts as current: nothing newer is known for it.
+    pub fn build<'a>(
+        nodes: impl IntoIterator<Item = (&'a ImageFamily, &'a Version)>,
+        catalog: &ReleaseCatalog,
+    ) -> Self {
         let mut counts: BTreeMap<(String, Version, SupportStatus), usize> = BTreeMap::new();
         let mut totals = BTreeMap::new();
         for (family, release) in nodes {

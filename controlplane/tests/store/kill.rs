@@ -19,7 +19,8 @@ use openraft::{RaftLogReader, RaftSnapshotBuilder};
 use crate::common::{log_id, membership, open, runtime, tempdir};
 
 const CHILD_DIR_ENV: &str = "KAIROS_STORE_KILL_CHILD_DIR";
-const CHILD_TEST: &str = "kill::kill9_child_writer";
+/// The test re-runs itself as the child: same test name, with the directory in the environment.
+const SELF_TEST: &str = "kill::kill9_acknowledged_writes_survive";
 const KILLS: usize = 5;
 /// The child stops on its own after this long, should the parent fail to kill it.
 const CHILD_LIFETIME: Duration = Duration::from_secs(20);
@@ -40,13 +41,6 @@ async fn ack(what: &str, n: u64) {
     println!("ACK {what} {n}");
     let jitter = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % 2_000;
     tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
-}
-
-#[test]
-#[ignore = "child process of kill9_acknowledged_writes_survive, which runs it"]
-fn kill9_child_writer() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else { return };
-    runtime().block_on(write_until_killed(Path::new(&dir)));
 }
 
 async fn write_until_killed(dir: &Path) {
@@ -143,6 +137,11 @@ fn next_random(state: &mut u64) -> u64 {
 
 #[test]
 fn kill9_acknowledged_writes_survive() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR_ENV) {
+        // Child mode: write until the parent kills us.
+        runtime().block_on(write_until_killed(Path::new(&dir)));
+        return;
+    }
     let dir = tempdir();
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0x9e37_79b9, |d| d.as_nanos() as u64) | 1;
     let mut rng = seed;
@@ -152,7 +151,7 @@ fn kill9_acknowledged_writes_survive() {
     let mut progress = Vec::new();
     for round in 0..KILLS {
         let mut child = Command::new(&exe)
-            .args([CHILD_TEST, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([SELF_TEST, "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_DIR_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
