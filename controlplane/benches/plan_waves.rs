@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use kairos_controlplane::fleet::matrix::SEED_FLAVORS;
 use kairos_controlplane::fleet::model::{K8sDistro, SoftwareVersion};
-use kairos_controlplane::fleet::planner::plan_waves;
+use kairos_controlplane::fleet::planner::{order_key, plan_waves};
 use kairos_controlplane::fleet::strategy::{WaveSpec, WAVE_LABEL, WAVE_LABEL_CANARY, WAVE_LABEL_LAST};
 use kairos_controlplane::fleet::{ImageFamily, K3sMembership, K3sRole, NodeFacts, NodeId, Variant};
 use semver::Version;
@@ -40,6 +40,7 @@ struct Row {
     nodes: usize,
     runs: usize,
     median_ms: f64,
+    baseline_ms: f64,
     fleet_kib: u64,
     peak_kib: u64,
     waves: String,
@@ -49,18 +50,20 @@ fn parent() -> Result<(), Box<dyn Error>> {
     let exe = std::env::current_exe()?;
     println!("plan_waves with `{SPEC}`, {CLUSTER_SIZE}-node k3s clusters ({SERVERS_PER_CLUSTER} servers)");
     println!(
-        "{:>9} | {:>4} | {:>13} | {:>9} | {:>9} | {:>14} | waves",
-        "nodes", "runs", "plan ms (med)", "peak MiB", "fleet MiB", "peak-fleet MiB"
+        "{:>9} | {:>4} | {:>13} | {:>15} | {:>7} | {:>9} | {:>9} | {:>14} | waves",
+        "nodes", "runs", "plan ms (med)", "hash+sort ms", "ratio", "peak MiB", "fleet MiB", "peak-fleet MiB"
     );
     for nodes in SIZES {
         let out = Command::new(&exe).env(CHILD_ENV, nodes.to_string()).output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         match (out.status.success(), parse_row(&stdout)) {
             (true, Some(r)) => println!(
-                "{:>9} | {:>4} | {:>13.1} | {:>9.1} | {:>9.1} | {:>14.1} | {}",
+                "{:>9} | {:>4} | {:>13.1} | {:>15.1} | {:>6.2}x | {:>9.1} | {:>9.1} | {:>14.1} | {}",
                 r.nodes,
                 r.runs,
                 r.median_ms,
+                r.baseline_ms,
+                r.median_ms / r.baseline_ms,
                 mib(r.peak_kib),
                 mib(r.fleet_kib),
                 mib(r.peak_kib.saturating_sub(r.fleet_kib)),
@@ -78,6 +81,7 @@ fn parse_row(line: &str) -> Option<Row> {
         nodes: f.next()?.parse().ok()?,
         runs: f.next()?.parse().ok()?,
         median_ms: f.next()?.parse().ok()?,
+        baseline_ms: f.next()?.parse().ok()?,
         fleet_kib: f.next()?.parse().ok()?,
         peak_kib: f.next()?.parse().ok()?,
         waves: f.next()?.to_string(),
@@ -110,7 +114,19 @@ fn child(nodes: usize) -> Result<(), Box<dyn Error>> {
         }
         black_box(plan);
     }
-    println!("{} {runs} {:.3} {fleet_kib} {peak_kib} {waves}", fleet.len(), median(times));
+    // Baseline in the same process: the least any planner must do, one
+    // order key per node and a sort, so the ratio shows the planner's own cost.
+    let mut baseline = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let start = Instant::now();
+        let rollout = format!("rollout-{run}");
+        let mut keys: Vec<(u64, usize)> =
+            black_box(&fleet).iter().enumerate().map(|(i, n)| (order_key(&rollout, &n.id), i)).collect();
+        keys.sort_unstable();
+        baseline.push(start.elapsed().as_secs_f64() * 1e3);
+        black_box(keys);
+    }
+    println!("{} {runs} {:.3} {:.3} {fleet_kib} {peak_kib} {waves}", fleet.len(), median(times), median(baseline));
     Ok(())
 }
 
