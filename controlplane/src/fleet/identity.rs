@@ -164,6 +164,7 @@ impl NodeIdentity {
             variant: self.variant,
             arch: self.arch,
             model: self.model.clone(),
+            trusted_boot: self.trusted_boot,
         }
     }
 }
@@ -483,6 +484,7 @@ IMAGE_REPO=quay.io/kairos/core-ubuntu-22-lts:v1.6.0
                 variant: Variant::Core,
                 arch: Arch::Amd64,
                 model: "generic".into(),
+                trusted_boot: false,
             }
         );
         assert_eq!(id.release, Version::new(3, 2, 1));
@@ -567,6 +569,15 @@ IMAGE_REPO=quay.io/kairos/core-ubuntu-22-lts:v1.6.0
         assert!(identify(&text).trusted_boot);
         let uki = without(V3_CORE, &["KAIROS_TRUSTED_BOOT"]).replace("generic-v3.2.1\"", "generic-v3.2.1-uki\"");
         assert!(identify(&uki).trusted_boot);
+    }
+
+    #[test]
+    fn uki_node_runs_a_trusted_boot_family_matching_its_image() {
+        let uki = without(V3_CORE, &["KAIROS_TRUSTED_BOOT"]).replace("generic-v3.2.1\"", "generic-v3.2.1-uki\"");
+        let id = identify(&uki);
+        assert!(id.family().trusted_boot);
+        assert_eq!(id.image_repo.as_ref().map(ImageRef::family), Some(id.family()));
+        assert_ne!(id.family(), identify(V3_CORE).family());
     }
 
     #[test]

@@ -241,7 +241,6 @@ pub struct ImageRef {
     family: ImageFamily,
     release: Version,
     software: Option<SoftwareVersion>,
-    trusted_boot: bool,
     disk: Option<DiskSpelling>,
     digest: Option<String>,
 }
@@ -266,14 +265,14 @@ impl ImageRef {
     }
 
     /// The reference of the container image for `family` at `release` (+ `software`)
-    /// under `prefix`, spelled in `grammar`; refuses combinations no tag can express.
+    /// under `prefix`, spelled in `grammar` (with `-uki` when the family is
+    /// trusted-boot); refuses combinations no tag can express.
     pub fn for_target(
         prefix: &RegistryPrefix,
         family: &ImageFamily,
         grammar: TagGrammar,
         release: &Version,
         software: Option<&SoftwareVersion>,
-        trusted_boot: bool,
     ) -> Result<ImageRef, ImageRefError> {
         let image = ImageRef {
             prefix: prefix.clone(),
@@ -281,7 +280,6 @@ impl ImageRef {
             family: family.clone(),
             release: release.clone(),
             software: software.cloned(),
-            trusted_boot,
             disk: None,
             digest: None,
         };
@@ -307,7 +305,7 @@ impl ImageRef {
         Ok(ImageRef { digest: Some(digest), ..unpinned })
     }
 
-    /// The image family (flavor, flavor release, variant, arch, model).
+    /// The image family (flavor, flavor release, variant, arch, model, trusted boot).
     pub fn family(&self) -> ImageFamily {
         self.family.clone()
     }
@@ -334,7 +332,7 @@ impl ImageRef {
 
     /// True for a trusted-boot (UKI) image; it only replaces another UKI image.
     pub fn trusted_boot(&self) -> bool {
-        self.trusted_boot
+        self.family.trusted_boot
     }
 
     /// The registry/org prefix, e.g. `quay.io/kairos`.
@@ -380,7 +378,7 @@ impl ImageRef {
             let dash = if self.grammar == TagGrammar::V35 { "-" } else { "" };
             tag.push_str(&format!("-{}{dash}v{}-{}", sw.distro.as_str(), sw.version, sw.build));
         }
-        if self.trusted_boot {
+        if f.trusted_boot {
             tag.push_str("-uki");
         }
         match self.disk {
@@ -452,7 +450,7 @@ impl ImageRef {
                 format!("{}/{}", f.arch, f.model),
             ));
         }
-        if self.trusted_boot {
+        if f.trusted_boot {
             return Err(ValueError::new("trusted_boot", "v1 images have no trusted-boot (`-uki`) variant", "true"));
         }
         Ok(())
@@ -627,10 +625,16 @@ fn parse_v1_tag(name: &str, tag: &str, segments: &[&str]) -> Result<ImageRef, Va
     Ok(ImageRef {
         prefix: RegistryPrefix { registry: None, path: Vec::new() },
         grammar: TagGrammar::V1,
-        family: ImageFamily { flavor: flavor.to_string(), flavor_release: String::new(), variant, arch, model },
+        family: ImageFamily {
+            flavor: flavor.to_string(),
+            flavor_release: String::new(),
+            variant,
+            arch,
+            model,
+            trusted_boot: false,
+        },
         release: tail.release,
         software: tail.software.map(|(sw, _)| sw),
-        trusted_boot: false,
         disk,
         digest: None,
     })
@@ -675,10 +679,10 @@ fn parse_v2_tag(name: &str, tag: &str, segments: &[&str], anchor: usize) -> Resu
             variant,
             arch,
             model: segments[model_start..release_at].join("-"),
+            trusted_boot: tail.uki,
         },
         release: tail.release,
         software: tail.software.map(|(sw, _)| sw),
-        trusted_boot: tail.uki,
         disk: tail.dash_img.then_some(DiskSpelling::TagDash),
         digest: None,
     })
@@ -919,7 +923,14 @@ mod tests {
     }
 
     fn family(flavor: &str, release: &str, variant: Variant, arch: Arch, model: &str) -> ImageFamily {
-        ImageFamily { flavor: flavor.into(), flavor_release: release.into(), variant, arch, model: model.into() }
+        ImageFamily {
+            flavor: flavor.into(),
+            flavor_release: release.into(),
+            variant,
+            arch,
+            model: model.into(),
+            trusted_boot: false,
+        }
     }
 
     /// Real tags of every Kairos generation, plus mirrors; each is also tried pinned to a digest.
@@ -1001,12 +1012,15 @@ mod tests {
     }
 
     #[test]
-    fn uki_suffix_marks_trusted_boot_within_the_same_family() {
+    fn uki_suffix_marks_a_trusted_boot_family_of_its_own() {
         let uki = parse("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0-uki");
         let plain = parse("quay.io/kairos/ubuntu:24.04-core-amd64-generic-v3.5.0");
-        assert!(uki.trusted_boot());
-        assert!(!plain.trusted_boot());
-        assert_eq!(uki.family(), plain.family());
+        assert!(uki.trusted_boot() && uki.family().trusted_boot);
+        assert!(!plain.trusted_boot() && !plain.family().trusted_boot);
+        assert_ne!(uki.family(), plain.family());
+        assert_eq!(uki.family(), ImageFamily { trusted_boot: true, ..plain.family() });
+        assert_eq!(uki.family().to_string(), "ubuntu:24.04/core/amd64/generic/uki");
+        assert_eq!(plain.family().to_string(), "ubuntu:24.04/core/amd64/generic");
         assert_ne!(uki, plain);
     }
 
@@ -1092,33 +1106,20 @@ mod tests {
     #[test]
     fn for_target_renders_the_tag_a_node_needs() {
         let seed = matrix::seed_flavor("opensuse").unwrap().family(Variant::Core);
-        let v1 = ImageRef::for_target(
-            &RegistryPrefix::default(),
-            &seed,
-            TagGrammar::V1,
-            &Version::new(1, 5, 1),
-            None,
-            false,
-        )
-        .unwrap();
+        let v1 = ImageRef::for_target(&RegistryPrefix::default(), &seed, TagGrammar::V1, &Version::new(1, 5, 1), None)
+            .unwrap();
         assert_eq!(v1.to_string(), "quay.io/kairos/core-opensuse:v1.5.1");
 
         let leap = family("opensuse", "leap-15.5", Variant::Standard, Arch::Amd64, "generic");
         let sw = k3s("1.27.6", "k3s1");
-        let v2 = ImageRef::for_target(
-            &RegistryPrefix::default(),
-            &leap,
-            TagGrammar::V2,
-            &Version::new(2, 4, 2),
-            Some(&sw),
-            false,
-        )
-        .unwrap();
+        let v2 =
+            ImageRef::for_target(&RegistryPrefix::default(), &leap, TagGrammar::V2, &Version::new(2, 4, 2), Some(&sw))
+                .unwrap();
         assert_eq!(v2.to_string(), "quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1");
 
         let mirror = RegistryPrefix::parse("localhost:5000/kairos").unwrap();
-        let v35 =
-            ImageRef::for_target(&mirror, &leap, TagGrammar::V35, &Version::new(3, 5, 0), Some(&sw), true).unwrap();
+        let leap_uki = ImageFamily { trusted_boot: true, ..leap.clone() };
+        let v35 = ImageRef::for_target(&mirror, &leap_uki, TagGrammar::V35, &Version::new(3, 5, 0), Some(&sw)).unwrap();
         assert_eq!(
             v35.to_string(),
             "localhost:5000/kairos/opensuse:leap-15.5-standard-amd64-generic-v3.5.0-k3s-v1.27.6-k3s1-uki"
@@ -1129,9 +1130,9 @@ mod tests {
     fn for_target_refuses_combinations_no_tag_can_express() {
         use TagGrammar::{V1, V2, V35};
         let prefix = RegistryPrefix::default();
-        let refused = |fam: &ImageFamily, grammar, release: &str, sw: Option<&SoftwareVersion>, uki| {
+        let refused = |fam: &ImageFamily, grammar, release: &str, sw: Option<&SoftwareVersion>| {
             let release = Version::parse(release).unwrap();
-            let e = ImageRef::for_target(&prefix, fam, grammar, &release, sw, uki).unwrap_err();
+            let e = ImageRef::for_target(&prefix, fam, grammar, &release, sw).unwrap_err();
             assert!(e.to_string().contains(&format!("{}: ", e.field())), "{e}");
             e.field()
         };
@@ -1141,25 +1142,26 @@ mod tests {
         let sw = k3s("1.27.6", "k3s1");
 
         let with_release = ImageFamily { flavor_release: "15.4".into(), ..v1_core.clone() };
-        assert_eq!(refused(&with_release, V1, "1.5.0", None, false), "flavor_release");
-        assert_eq!(refused(&v1_standard, V1, "1.5.0", None, false), "software");
-        assert_eq!(refused(&v1_core, V1, "1.5.0", Some(&sw), false), "software");
-        assert_eq!(refused(&v1_core, V1, "1.5.0", None, true), "trusted_boot");
+        assert_eq!(refused(&with_release, V1, "1.5.0", None), "flavor_release");
+        assert_eq!(refused(&v1_standard, V1, "1.5.0", None), "software");
+        assert_eq!(refused(&v1_core, V1, "1.5.0", Some(&sw)), "software");
+        let v1_uki = ImageFamily { trusted_boot: true, ..v1_core.clone() };
+        assert_eq!(refused(&v1_uki, V1, "1.5.0", None), "trusted_boot");
         let on_arm = ImageFamily { arch: Arch::Arm64, ..v1_core.clone() };
-        assert_eq!(refused(&on_arm, V1, "1.5.0", None, false), "arch");
+        assert_eq!(refused(&on_arm, V1, "1.5.0", None), "arch");
         let no_release = ImageFamily { flavor_release: String::new(), ..ubuntu.clone() };
-        assert_eq!(refused(&no_release, V2, "2.4.0", None, false), "flavor_release");
-        assert_eq!(refused(&ubuntu, V2, "3.5.0", None, false), "grammar");
-        assert_eq!(refused(&ubuntu, V35, "3.4.0", None, false), "grammar");
-        assert_eq!(refused(&ubuntu, V2, "3.0.0+build5", None, false), "release");
-        assert_eq!(refused(&ubuntu, V2, "3.0.0-img", None, false), "release");
+        assert_eq!(refused(&no_release, V2, "2.4.0", None), "flavor_release");
+        assert_eq!(refused(&ubuntu, V2, "3.5.0", None), "grammar");
+        assert_eq!(refused(&ubuntu, V35, "3.4.0", None), "grammar");
+        assert_eq!(refused(&ubuntu, V2, "3.0.0+build5", None), "release");
+        assert_eq!(refused(&ubuntu, V2, "3.0.0-img", None), "release");
         let model = ImageFamily { model: "rpi-v1.2.3".into(), ..ubuntu.clone() };
-        assert_eq!(refused(&model, V2, "3.0.0", None, false), "model");
+        assert_eq!(refused(&model, V2, "3.0.0", None), "model");
         let upper = ImageFamily { flavor: "Ubuntu".into(), ..ubuntu.clone() };
-        assert_eq!(refused(&upper, V2, "3.0.0", None, false), "flavor");
+        assert_eq!(refused(&upper, V2, "3.0.0", None), "flavor");
         let odd_build = SoftwareVersion { build: "rke2".into(), ..sw.clone() };
         let standard = ImageFamily { variant: Variant::Standard, ..ubuntu.clone() };
-        assert_eq!(refused(&standard, V2, "3.0.0", Some(&odd_build), false), "software_version");
+        assert_eq!(refused(&standard, V2, "3.0.0", Some(&odd_build)), "software_version");
     }
 
     #[test]
@@ -1276,9 +1278,10 @@ mod tests {
         .prop_map(|p| RegistryPrefix::parse(&p).unwrap_or_default())
     }
 
-    /// Valid (prefix, family, grammar, release, software, trusted_boot) combinations.
+    /// Valid (prefix, family, grammar, release, software) combinations; v2+
+    /// families may be trusted-boot.
     fn target_strategy(
-    ) -> impl Strategy<Value = (RegistryPrefix, ImageFamily, TagGrammar, Version, Option<SoftwareVersion>, bool)> {
+    ) -> impl Strategy<Value = (RegistryPrefix, ImageFamily, TagGrammar, Version, Option<SoftwareVersion>)> {
         let v1_flavor = prop_oneof![
             prop::sample::select(matrix::SEED_FLAVORS.iter().map(|f| f.id.to_string()).collect::<Vec<_>>()),
             "[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?".prop_filter("reads as a disk repository", |f| !f.ends_with("-img")),
@@ -1310,13 +1313,19 @@ mod tests {
                     let software = (variant == Variant::Standard).then_some(sw);
                     if grammar == TagGrammar::V1 {
                         let (arch, model) = v1_platform(&v1_flavor);
-                        let fam =
-                            ImageFamily { flavor: v1_flavor, flavor_release: String::new(), variant, arch, model };
-                        (prefix, fam, grammar, release, software, false)
+                        let fam = ImageFamily {
+                            flavor: v1_flavor,
+                            flavor_release: String::new(),
+                            variant,
+                            arch,
+                            model,
+                            trusted_boot: false,
+                        };
+                        (prefix, fam, grammar, release, software)
                     } else {
                         let grammar = if variant == Variant::Core { v2_or_v35(&release) } else { grammar };
-                        let fam = ImageFamily { flavor, flavor_release, variant, arch, model };
-                        (prefix, fam, grammar, release, software, uki)
+                        let fam = ImageFamily { flavor, flavor_release, variant, arch, model, trusted_boot: uki };
+                        (prefix, fam, grammar, release, software)
                     }
                 },
             )
@@ -1352,10 +1361,10 @@ mod tests {
 
         #[test]
         fn rendered_targets_parse_back_identically(
-            (prefix, fam, grammar, release, software, uki) in target_strategy(),
+            (prefix, fam, grammar, release, software) in target_strategy(),
             pin in prop::bool::ANY,
         ) {
-            let image = ImageRef::for_target(&prefix, &fam, grammar, &release, software.as_ref(), uki)
+            let image = ImageRef::for_target(&prefix, &fam, grammar, &release, software.as_ref())
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let image = match pin {
                 true => image.with_digest(DIGEST).map_err(|e| TestCaseError::fail(e.to_string()))?,
@@ -1364,21 +1373,21 @@ mod tests {
             let rendered = image.to_string();
             let back = ImageRef::parse(&rendered).map_err(|e| TestCaseError::fail(format!("{rendered}: {e}")))?;
             prop_assert_eq!(&back, &image);
+            prop_assert_eq!(back.trusted_boot(), fam.trusted_boot);
             prop_assert_eq!(back.family(), fam);
             prop_assert_eq!(back.release(), &release);
             prop_assert_eq!(back.software(), software.as_ref());
             prop_assert_eq!(back.grammar(), grammar);
-            prop_assert_eq!(back.trusted_boot(), uki);
             prop_assert_eq!(back.registry_prefix(), &prefix);
             prop_assert!(ImageRef::upgrade_target(&rendered).is_ok());
         }
 
         #[test]
         fn disk_suffix_on_any_target_reads_as_the_same_image_marked_disk(
-            (prefix, fam, grammar, release, software, uki) in target_strategy(),
+            (prefix, fam, grammar, release, software) in target_strategy(),
             dot in prop::bool::ANY,
         ) {
-            let image = ImageRef::for_target(&prefix, &fam, grammar, &release, software.as_ref(), uki)
+            let image = ImageRef::for_target(&prefix, &fam, grammar, &release, software.as_ref())
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let rendered = format!("{image}{}", if dot { ".img" } else { "-img" });
             let disk = ImageRef::parse(&rendered).map_err(|e| TestCaseError::fail(format!("{rendered}: {e}")))?;

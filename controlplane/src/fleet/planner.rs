@@ -465,6 +465,7 @@ mod tests {
             variant,
             arch: Arch::Amd64,
             model: "generic".into(),
+            trusted_boot: false,
         }
     }
 
@@ -585,6 +586,19 @@ mod tests {
         let order = ids_in_order("r", &fleet);
         let first_core_opensuse = order.iter().find(|id| fleet.iter().any(|n| &n.id == *id && n.family == fams[0]));
         assert_eq!(first_core_opensuse.and_then(|id| index.wave_of(id)), Some(0));
+    }
+
+    #[test]
+    fn uki_and_non_uki_nodes_of_one_flavor_get_separate_canaries() {
+        let plain = ImageFamily { flavor_release: "24.04".into(), ..family("ubuntu", Variant::Core) };
+        let uki = ImageFamily { trusted_boot: true, ..plain.clone() };
+        let mut fleet: Vec<NodeFacts> = (0..20).map(|i| node(&format!("p{i:02}"), &plain)).collect();
+        fleet.extend((0..20).map(|i| node(&format!("u{i:02}"), &uki)));
+        let plan = plan_waves("r", &fleet, &spec("1,100%"));
+        let families_in_wave0: Vec<&ImageFamily> =
+            plan.waves[0].nodes.iter().filter_map(|id| fleet.iter().find(|n| &n.id == id)).map(|n| &n.family).collect();
+        assert_eq!(families_in_wave0.len(), 2, "one canary each, beyond the size of 1");
+        assert!(families_in_wave0.contains(&&plain) && families_in_wave0.contains(&&uki), "{families_in_wave0:?}");
     }
 
     #[test]
@@ -799,20 +813,37 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             prop::sample::select(vec!["generic", "rpi3", "rpi4", "nvidia-jetson-agx-orin"]),
+            any::<bool>(),
         )
-            .prop_map(|(flavor, release, standard, arm, model)| ImageFamily {
+            .prop_map(|(flavor, release, standard, arm, model, uki)| ImageFamily {
                 flavor: flavor.into(),
                 flavor_release: release.into(),
                 variant: if standard { Variant::Standard } else { Variant::Core },
                 arch: if arm { Arch::Arm64 } else { Arch::Amd64 },
                 model: model.into(),
+                trusted_boot: uki,
             })
     }
 
-    /// Random fleets: families from the seed matrix and v2-style ones, some
-    /// canary/last/other labels, k3s clusters with servers and agents.
+    /// A v2 family, sometimes with its twin of the other trusted-boot kind,
+    /// which must still get a canary of its own.
+    fn v2_families() -> impl Strategy<Value = Vec<ImageFamily>> {
+        (v2_family(), any::<bool>()).prop_map(|(fam, twin)| {
+            let other = ImageFamily { trusted_boot: !fam.trusted_boot, ..fam.clone() };
+            if twin {
+                vec![fam, other]
+            } else {
+                vec![fam]
+            }
+        })
+    }
+
+    /// Random fleets: families from the seed matrix and v2-style ones (UKI
+    /// or not), some canary/last/other labels, k3s clusters with servers and agents.
     fn fleet_of(sizes: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Vec<NodeFacts>> {
-        let pool = prop::collection::vec(prop_oneof![prop::sample::select(seed_families()), v2_family()], 1..8);
+        let seed = prop::sample::select(seed_families()).prop_map(|fam| vec![fam]);
+        let pool = prop::collection::vec(prop_oneof![seed, v2_families()], 1..8)
+            .prop_map(|groups| groups.into_iter().flatten().collect::<Vec<ImageFamily>>());
         (pool, sizes).prop_flat_map(|(pool, n)| {
             let per_node = (0..pool.len(), 0u8..12, prop::option::of((0u8..4, any::<bool>())));
             prop::collection::vec(per_node, n).prop_map(move |specs| {
