@@ -87,7 +87,7 @@ fn version(s: &str) -> Version {
 
 fn image_for(family: &ImageFamily, release: &Version, software: Option<&SoftwareVersion>) -> String {
     let prefix = RegistryPrefix::default();
-    ImageRef::for_target(&prefix, family, TagGrammar::V1, release, software, false)
+    ImageRef::for_target(&prefix, family, TagGrammar::V1, release, software)
         .map(|r| r.to_string())
         .unwrap_or_else(|e| format!("<{e}>"))
 }

@@ -48,6 +48,8 @@ impl FlavorSpec {
             variant,
             arch: self.arch,
             model: self.model.to_string(),
+            // v1 images have no trusted-boot variant.
+            trusted_boot: false,
         }
     }
 }

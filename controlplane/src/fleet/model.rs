@@ -156,15 +156,21 @@ pub struct ImageFamily {
     pub arch: Arch,
     /// Board model: `generic`, `rpi`, `rpi3`, `rpi4`, ...
     pub model: String,
+    /// Trusted-boot (UKI) image: signed, measured boot; never mixed with non-UKI images.
+    pub trusted_boot: bool,
 }
 
 impl fmt::Display for ImageFamily {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.flavor_release.is_empty() {
-            write!(f, "{}/{}/{}/{}", self.flavor, self.variant, self.arch, self.model)
+            write!(f, "{}/{}/{}/{}", self.flavor, self.variant, self.arch, self.model)?;
         } else {
-            write!(f, "{}:{}/{}/{}/{}", self.flavor, self.flavor_release, self.variant, self.arch, self.model)
+            write!(f, "{}:{}/{}/{}/{}", self.flavor, self.flavor_release, self.variant, self.arch, self.model)?;
         }
+        if self.trusted_boot {
+            f.write_str("/uki")?;
+        }
+        Ok(())
     }
 }
 

@@ -121,6 +121,8 @@ pub enum Rule {
     ArchMismatch,
     /// An image built for another board model cannot boot.
     ModelMismatch,
+    /// Moving between UKI and non-UKI images changes how the node boots and is measured.
+    TrustedBootChange,
     /// Core and standard images differ in what they run; switching is not an upgrade.
     VariantChange,
     /// In-place major upgrades are not guaranteed and need `allow_major`.
@@ -155,6 +157,7 @@ impl Rule {
             Rule::FlavorReleaseChange => "flavor-release-change",
             Rule::ArchMismatch => "arch-mismatch",
             Rule::ModelMismatch => "model-mismatch",
+            Rule::TrustedBootChange => "trusted-boot-change",
             Rule::VariantChange => "variant-change",
             Rule::MajorNotAllowed => "major-not-allowed",
             Rule::MajorBarrier => "major-barrier",
@@ -325,6 +328,18 @@ pub fn check_move(
             Rule::ModelMismatch,
             format!("node model is {} but the image is built for {}", from.model, to.family.model),
             format!("target a {} image or narrow the selector with --model {}", from.model, from.model),
+        ));
+    }
+    if to.family.trusted_boot != from.trusted_boot {
+        let kind = |uki: bool| if uki { "uki" } else { "non-uki" };
+        return Err(refuse(
+            Rule::TrustedBootChange,
+            format!(
+                "node runs a {} image and the target is {}; switching changes how the node boots and is measured",
+                kind(from.trusted_boot),
+                kind(to.family.trusted_boot)
+            ),
+            format!("target the {} image of that release, or reinstall the node", kind(from.trusted_boot)),
         ));
     }
     if to.family.flavor != from.flavor {
@@ -652,7 +667,7 @@ mod tests {
     }
 
     #[test]
-    fn flavor_flavor_release_variant_arch_and_model_changes_are_refused() {
+    fn flavor_flavor_release_variant_arch_model_and_trusted_boot_changes_are_refused() {
         let n = node("opensuse", Variant::Core, "1.5.0", None);
         let c = ReleaseCatalog::new();
         let mut cases: Vec<(ImageFamily, Rule)> = Vec::new();
@@ -669,6 +684,9 @@ mod tests {
         f.model = "rpi".into();
         cases.push((f, Rule::ModelMismatch));
         let mut f = n.family.clone();
+        f.trusted_boot = true;
+        cases.push((f, Rule::TrustedBootChange));
+        let mut f = n.family.clone();
         f.variant = Variant::Standard;
         cases.push((f, Rule::VariantChange));
         for (family, rule) in cases {
@@ -677,6 +695,31 @@ mod tests {
             assert_eq!(r.rule, rule);
             assert!(!r.way_out.is_empty());
         }
+    }
+
+    #[test]
+    fn trusted_boot_change_is_refused_both_ways_naming_the_image_to_target() {
+        let plain = node("opensuse", Variant::Core, "1.5.0", None);
+        let uki_family = ImageFamily { flavor_release: "leap-15.6".into(), trusted_boot: true, ..plain.family.clone() };
+        let uki = NodeFacts { family: uki_family.clone(), ..plain.clone() };
+        let c = ReleaseCatalog::new();
+        let to_plain =
+            Destination { family: ImageFamily { trusted_boot: false, ..uki_family }, ..dest(&uki, "1.5.1", None) };
+        let r = check_move(&uki, &to_plain, PolicyOptions::default(), &c).unwrap_err();
+        assert_eq!(r.rule, Rule::TrustedBootChange);
+        assert!(r.detail.contains("uki image and the target is non-uki"), "{}", r.detail);
+        assert_eq!(r.way_out, "target the uki image of that release, or reinstall the node");
+        let to_uki = dest(&uki, "1.5.1", None);
+        let r = check_move(&plain, &to_uki, PolicyOptions::default(), &c).unwrap_err();
+        assert_eq!(r.rule, Rule::TrustedBootChange, "checked before the flavor release");
+        assert_eq!(r.way_out, "target the non-uki image of that release, or reinstall the node");
+        // No operator override lifts it.
+        let any = PolicyOptions { allow_major: true, allow_downgrade: true, rollback: true, explicit_target: true };
+        assert_eq!(check_move(&plain, &to_uki, any, &c).unwrap_err().rule, Rule::TrustedBootChange);
+        // The model check comes first.
+        let rpi_uki = Destination { family: ImageFamily { model: "rpi".into(), ..to_uki.family.clone() }, ..to_uki };
+        assert_eq!(check_move(&plain, &rpi_uki, PolicyOptions::default(), &c).unwrap_err().rule, Rule::ModelMismatch);
+        assert_eq!(Rule::TrustedBootChange.to_string(), "trusted-boot-change");
     }
 
     #[test]
