@@ -45,3 +45,20 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("build a tokio runtime")
 }
+
+/// Opens the raw sled database of a store, to plant faults in it. Waits
+/// while the store's last handle still holds the lock (sled's flusher
+/// releases it within a flush interval).
+pub fn raw_sled(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::open(kairos_controlplane::store::Store::sled_path(dir)) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("waiting for the store lock: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(e) => panic!("raw open of {} failed: {e}", dir.display()),
+        }
+    }
+}

@@ -163,7 +163,7 @@ fn corrupt_record_is_a_storage_error_naming_the_key() {
         apply_requests(&mut sm, 1, vec![Request::put("nodes/7", "ok")]);
     }
     {
-        let db = sled::open(kairos_controlplane::store::Store::sled_path(dir.path())).expect("raw open");
+        let db = crate::common::raw_sled(dir.path());
         let tree = db.open_tree("state_machine").expect("tree");
         tree.insert(b"dnodes/7", &[1u8, 0xff, 0xff][..]).expect("insert garbage");
         db.flush().expect("flush");

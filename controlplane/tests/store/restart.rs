@@ -1,7 +1,7 @@
 //! What must survive closing and reopening the store in-process.
 
 use kairos_controlplane::store::types::{Entry, Vote};
-use kairos_controlplane::store::{Request, Store};
+use kairos_controlplane::store::Request;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{RaftLogReader, RaftSnapshotBuilder};
 
@@ -88,11 +88,11 @@ fn leftovers_of_an_interrupted_purge_are_removed_at_open() {
         log.purge(log_id(1, 3)).await.expect("purge");
     });
     let marker = {
-        let db = sled::open(Store::sled_path(other.path())).expect("raw open");
+        let db = crate::common::raw_sled(other.path());
         db.open_tree("raft_meta").expect("tree").get(b"last_purged").expect("get").expect("marker written")
     };
     {
-        let db = sled::open(Store::sled_path(dir.path())).expect("raw open");
+        let db = crate::common::raw_sled(dir.path());
         db.open_tree("raft_meta").expect("tree").insert(b"last_purged", marker).expect("insert marker");
         db.flush().expect("flush");
     }
@@ -115,7 +115,7 @@ fn corrupt_log_entry_is_a_storage_error_naming_the_index() {
         log.blocking_append(entries(1..=3)).await.expect("append");
     });
     {
-        let db = sled::open(Store::sled_path(dir.path())).expect("raw open");
+        let db = crate::common::raw_sled(dir.path());
         db.open_tree("raft_log").expect("tree").insert(2u64.to_be_bytes(), &[1u8, 9, 9, 9][..]).expect("insert");
         db.flush().expect("flush");
     }
