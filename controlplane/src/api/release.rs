@@ -57,8 +57,8 @@ pub struct ReleaseRecord {
     pub trusted_boot: bool,
     /// Tag grammar: `v1`, `v2` or `v3.5`.
     pub grammar: String,
-    /// When it was added (Unix seconds and nanoseconds).
-    pub added_at: (i64, i32),
+    /// When it was added, in milliseconds since the Unix epoch.
+    pub added_at_ms: i64,
     /// `manual` (AddRelease) or `sync:<registry>/<org>`.
     pub source: String,
 }
@@ -69,7 +69,6 @@ impl ReleaseRecord {
         let family = image.family();
         let reference = image.to_string();
         let image_ref = reference.split_once('@').map_or(reference.as_str(), |(r, _)| r).to_owned();
-        let now = jiff::Timestamp::now();
         ReleaseRecord {
             image_ref,
             digest: digest.or(image.digest()).unwrap_or_default().to_owned(),
@@ -83,7 +82,7 @@ impl ReleaseRecord {
             software_distro: image.software().map(|s| s.distro.as_str().to_owned()).unwrap_or_default(),
             trusted_boot: image.trusted_boot(),
             grammar: image.grammar().as_str().to_owned(),
-            added_at: (now.as_second(), now.subsec_nanosecond()),
+            added_at_ms: jiff::Timestamp::now().as_millisecond(),
             source: "manual".to_owned(),
         }
     }
@@ -125,7 +124,11 @@ impl ReleaseRecord {
             trusted_boot: self.trusted_boot,
             grammar: grammar as i32,
             support_status: support as i32,
-            added_at: Some(prost_types::Timestamp { seconds: self.added_at.0, nanos: self.added_at.1 }),
+            added_at: Some(prost_types::Timestamp {
+                seconds: self.added_at_ms.div_euclid(1000),
+                // Below 1e9 by construction, so the cast cannot truncate.
+                nanos: (self.added_at_ms.rem_euclid(1000) * 1_000_000) as i32,
+            }),
             source: self.source.clone(),
         }
     }
@@ -340,5 +343,57 @@ impl ReleaseService for ReleaseApi {
         Err(Status::unimplemented(
             "SyncReleases: registry sync is not available yet; add images one at a time with AddRelease",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(image_ref: &str, digest: &str) -> Result<ReleaseRecord, Status> {
+        parse_add(&pb::AddReleaseRequest { image_ref: image_ref.into(), digest: digest.into(), dry_run: false })
+    }
+
+    #[test]
+    fn add_release_keys_the_record_by_the_canonical_reference_without_digest() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let reference = "quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1";
+        let record = add(reference, &digest).expect("valid");
+        assert_eq!(record.key(), format!("releases/{reference}"));
+        assert_eq!((record.digest.as_str(), record.variant.as_str()), (digest.as_str(), "standard"));
+        assert_eq!((record.release.as_str(), record.software_version.as_str()), ("v2.4.2", "v1.27.6+k3s1"));
+        let pinned = add(&format!("{reference}@{digest}"), "").expect("digest in the reference");
+        assert_eq!((pinned.key(), pinned.digest), (record.key(), digest));
+    }
+
+    #[test]
+    fn add_release_errors_name_the_request_field() {
+        let disk = add("quay.io/kairos/opensuse:leap-15.6-core-amd64-generic-v3.5.0-img", "").unwrap_err();
+        assert!(disk.message().starts_with("image_ref:") && disk.message().contains("disk"), "{disk:?}");
+        assert!(add("", "").unwrap_err().message().starts_with("image_ref:"));
+        let digest = add("quay.io/kairos/ubuntu:22.04-core-amd64-generic-v2.4.2", "sha256:short").unwrap_err();
+        assert!(digest.message().starts_with("digest:"), "{digest:?}");
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_tokens_are_invalid_arguments() {
+        let record = add("quay.io/kairos/ubuntu:22.04-core-amd64-generic-v2.4.2", "").expect("valid");
+        let token = page_token(&record);
+        assert_eq!(parse_page_token(&token).expect("ours"), Some(position(&record.release, &record.image_ref)));
+        assert_eq!(parse_page_token("").expect("first page"), None);
+        for foreign in ["xyz", "abc", "00ff"] {
+            let err = parse_page_token(foreign).unwrap_err();
+            assert!(err.code() == tonic::Code::InvalidArgument && err.message().starts_with("page_token:"));
+        }
+    }
+
+    #[test]
+    fn newer_releases_sort_first_and_unparseable_ones_last() {
+        let mut positions =
+            [position("v2.4.2", "b"), position("v3.0.0", "a"), position("junk", "c"), position("v2.4.2", "a")];
+        positions.sort();
+        let refs: Vec<&str> = positions.iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(refs, ["a", "a", "b", "c"]);
+        assert_eq!(positions[0].0, Reverse(Version::parse("3.0.0").ok()));
     }
 }

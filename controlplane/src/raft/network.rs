@@ -316,3 +316,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connection_failures_count_as_not_delivered() {
+        assert!(not_delivered(&Status::unavailable("tcp connect error")));
+        assert!(!not_delivered(&Status::unavailable("keep-alive timed out")));
+        assert!(!not_delivered(&Status::deadline_exceeded("timeout expired")));
+        assert!(!not_delivered(&Status::internal("h2 protocol error")));
+    }
+}

@@ -152,9 +152,15 @@ pub enum ReplicaError {
     /// tonic refused the TLS configuration or the server failed.
     #[error("gRPC server: {0}")]
     Server(#[from] tonic::transport::Error),
-    /// openraft failed to start, initialize or stop.
-    #[error("raft: {0}")]
-    Raft(String),
+    /// openraft could not start, or stopped while starting.
+    #[error("raft stopped: {0}")]
+    Raft(#[from] Box<openraft::error::Fatal<NodeId>>),
+    /// openraft refused to initialize the one-voter cluster.
+    #[error("cannot initialize a one-voter cluster: {0}")]
+    Bootstrap(#[from] Box<RaftError<NodeId, InitializeError<NodeId, ReplicaNode>>>),
+    /// openraft's core task ended abnormally during shutdown.
+    #[error("raft did not stop cleanly: {0}")]
+    RaftStop(#[from] tokio::task::JoinError),
     /// The store stayed open after raft stopped.
     #[error("the store in {} was not released within {STORE_RELEASE_TIMEOUT:?}", .0.display())]
     StoreNotReleased(PathBuf),
@@ -192,9 +198,8 @@ impl Replica {
         let local_addr = listener.local_addr().map_err(|source| ReplicaError::Bind { addr: config.listen, source })?;
 
         let peers = Peers::new(config.id, Arc::clone(&config.peer_tls));
-        let raft = Raft::new(config.id, raft_config, Network::new(Arc::clone(&peers)), log, sm)
-            .await
-            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let raft =
+            Raft::new(config.id, raft_config, Network::new(Arc::clone(&peers)), log, sm).await.map_err(Box::new)?;
         // Writes wait out about three elections before giving up.
         let retry_budget = Duration::from_millis(config.raft.election_max_ms * 3).max(Duration::from_secs(3));
         let client = ReplicaClient::new(config.id, raft.clone(), reader, peers, retry_budget);
@@ -227,7 +232,7 @@ impl Replica {
 
 /// Initializes a one-voter cluster unless raft already has state.
 async fn bootstrap(raft: &Raft, id: NodeId, advertise: &str) -> Result<(), ReplicaError> {
-    let initialized = raft.is_initialized().await.map_err(|e| ReplicaError::Raft(e.to_string()))?;
+    let initialized = raft.is_initialized().await.map_err(Box::new)?;
     if initialized {
         return Ok(());
     }
@@ -235,7 +240,7 @@ async fn bootstrap(raft: &Raft, id: NodeId, advertise: &str) -> Result<(), Repli
         // NotAllowed: a vote or log appeared meanwhile (e.g. another replica
         // added us); the cluster exists, which is what bootstrap wants.
         Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-        Err(e) => Err(ReplicaError::Raft(format!("initialize a single-voter cluster: {e}"))),
+        Err(e) => Err(Box::new(e).into()),
     }
 }
 
@@ -295,7 +300,7 @@ impl ReplicaHandle {
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
         let served = server.stop(SHUTDOWN_GRACE).await;
         let raft = client.raft().clone();
-        let stopped = raft.shutdown().await.map_err(|e| ReplicaError::Raft(format!("shutdown: {e}")));
+        let stopped = raft.shutdown().await.map_err(ReplicaError::from);
         // Our reader and raft handles keep sled open; openraft's tasks drop
         // theirs as they finish.
         drop((client, raft));

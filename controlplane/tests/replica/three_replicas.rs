@@ -79,13 +79,17 @@ async fn three_replicas_forward_follower_writes_and_survive_leader_loss() {
     // The leader stops; the two others elect a new one, which takes writes.
     let stopped = Instant::now();
     r1.shutdown().await.expect("leader shutdown");
+    let shutdown_took = stopped.elapsed();
     let survivors: [&ReplicaHandle; 2] = [&r2, &r3];
     let new_leader = eventually("a new leader", Duration::from_secs(10), || {
         let known: Vec<Option<u64>> = survivors.iter().map(|r| r.raft().metrics().borrow().current_leader).collect();
         async move { known.iter().flatten().copied().find(|id| *id != 1) }
     })
     .await;
-    println!("replica {new_leader} elected {:?} after the leader stopped", stopped.elapsed());
+    println!(
+        "leader shutdown took {shutdown_took:?}; replica {new_leader} elected {:?} after shutdown began",
+        stopped.elapsed()
+    );
     let second = image(2);
     let follower = if new_leader == 2 { &slots[2] } else { &slots[1] };
     let answer = add_release(&pki, &follower.addr(), &second).await.expect("AddRelease after failover");
