@@ -204,7 +204,7 @@ impl ReplicaClient {
                 Ok(Err(e)) => classify(e)?,
                 Err(_elapsed) => {
                     return Err(WriteError::Indeterminate {
-                        leader: LeaderHint { id: Some(self.inner.id), addr: None },
+                        leader: self.leader_hint(),
                         reason: format!("not committed within {WRITE_TIMEOUT:?}"),
                     })
                 }
