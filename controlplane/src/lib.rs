@@ -1,12 +1,16 @@
 //! Kairos Fleet control plane.
 //!
-//! The crate is split the way data flows: `api` validates and translates,
-//! [`fleet`] decides (pure, no IO), `store` replicates, `engine` drives
-//! rollouts on the leader and `sessions` push desired state to nodes.
+//! The crate is split the way data flows: [`api`] validates and translates,
+//! [`fleet`] decides (pure, no IO), [`store`] replicates through [`raft`]
+//! on each [`replica`], `engine` drives rollouts on the leader and
+//! `sessions` push desired state to nodes.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod cli_config;
 pub mod demo;
 pub mod fleet;
+pub mod raft;
+pub mod replica;
 pub mod security;
 pub mod store;

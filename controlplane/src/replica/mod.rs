@@ -1,0 +1,354 @@
+//! One control-plane replica: the replicated store, its raft node, and the
+//! gRPC port serving `RaftService`, `ClusterService`, `ReleaseService` and
+//! gRPC health, with TLS supplied by the caller.
+//!
+//! ```text
+//! Replica::start(config) ──► ReplicaHandle ──shutdown()──► port closed, raft stopped, sled flushed
+//!                               │
+//!                               └─ client(): ReplicaClient (write / read_linearizable / reader)
+//! ```
+
+mod client;
+mod server;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{Config, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tonic::transport::ServerTlsConfig;
+use tonic_health::server::HealthReporter;
+
+pub use client::{Committed, LeaderHint, ReadError, ReplicaClient, WriteError};
+pub use server::{MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS};
+
+use crate::api::{ClusterApi, ReleaseApi};
+use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
+use crate::store::{Access, KvReader, NodeId, Raft, ReplicaNode, Request, Response, Store, StoreError};
+
+/// How long open calls may run on after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for openraft's tasks to release the store.
+const STORE_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Services reported SERVING by gRPC health once raft runs.
+const HEALTH_SERVICES: &[&str] =
+    &["", "kairos.raft.v1.RaftService", "kairos.fleet.v1.ClusterService", "kairos.fleet.v1.ReleaseService"];
+
+/// raft timing and log compaction of a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTuning {
+    /// Leader heartbeat interval in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout in milliseconds.
+    pub election_min_ms: u64,
+    /// Upper bound of the randomized election timeout in milliseconds.
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_logs: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// catches up from the log instead of receiving a whole snapshot.
+    pub snapshot_keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    /// etcd's timing (heartbeat 100 ms, elections 0.5–1 s) rather than
+    /// openraft's LAN defaults: replicas may sit on edge sites' WAN links.
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+            snapshot_logs: 5000,
+            snapshot_keep_logs: 1000,
+        }
+    }
+}
+
+impl RaftTuning {
+    /// The openraft configuration for this tuning.
+    pub fn config(&self) -> Result<Config, Box<openraft::ConfigError>> {
+        Config {
+            cluster_name: "kairos-fleet".to_owned(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            // Per-chunk deadline: 1 MiB of JSON over a slow link, not a LAN ping.
+            install_snapshot_timeout: self.election_max_ms.max(2_000),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            max_in_snapshot_log_to_keep: self.snapshot_keep_logs,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(Box::new)
+    }
+}
+
+/// Everything a replica needs to start.
+#[derive(Clone)]
+pub struct ReplicaConfig {
+    /// raft id, at least 1, unique in the cluster and stable for the data dir.
+    pub id: NodeId,
+    /// Address to bind the gRPC port to.
+    pub listen: SocketAddr,
+    /// `host:port` other replicas and clients use to reach this one; the
+    /// host must be a name in the replica's server certificate.
+    pub advertise: String,
+    /// Directory of the replica's store.
+    pub data_dir: PathBuf,
+    /// TLS of the gRPC port.
+    pub server_tls: ServerTlsConfig,
+    /// Client TLS towards a peer host.
+    pub peer_tls: PeerTls,
+    /// Initialize a new single-voter cluster if the store has no membership yet.
+    pub bootstrap: bool,
+    /// raft timing and compaction.
+    pub raft: RaftTuning,
+}
+
+impl fmt::Debug for ReplicaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicaConfig")
+            .field("id", &self.id)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("data_dir", &self.data_dir)
+            .field("bootstrap", &self.bootstrap)
+            .field("raft", &self.raft)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a replica could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// A configuration value breaks a rule.
+    #[error("invalid replica configuration: {field}: {rule}")]
+    Config {
+        /// The field.
+        field: &'static str,
+        /// The rule it broke.
+        rule: String,
+    },
+    /// The raft tuning is inconsistent (e.g. election timeout below heartbeat).
+    #[error("invalid raft tuning: {0}")]
+    Tuning(#[from] Box<openraft::ConfigError>),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// tonic refused the TLS configuration or the server failed.
+    #[error("gRPC server: {0}")]
+    Server(#[from] tonic::transport::Error),
+    /// openraft could not start, or stopped while starting.
+    #[error("raft stopped: {0}")]
+    Raft(#[from] Box<openraft::error::Fatal<NodeId>>),
+    /// openraft refused to initialize the one-voter cluster.
+    #[error("cannot initialize a one-voter cluster: {0}")]
+    Bootstrap(#[from] Box<RaftError<NodeId, InitializeError<NodeId, ReplicaNode>>>),
+    /// openraft's core task ended abnormally during shutdown.
+    #[error("raft did not stop cleanly: {0}")]
+    RaftStop(#[from] tokio::task::JoinError),
+    /// The store stayed open after raft stopped.
+    #[error("the store in {} was not released within {STORE_RELEASE_TIMEOUT:?}", .0.display())]
+    StoreNotReleased(PathBuf),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Starts replicas.
+pub struct Replica;
+
+impl Replica {
+    /// Opens the store, starts raft, serves the gRPC port, and bootstraps a
+    /// single-voter cluster when asked to and the store has no membership.
+    pub async fn start(config: ReplicaConfig) -> Result<ReplicaHandle, ReplicaError> {
+        // Another part of the process may have installed it already; either way ring is in place.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if config.id == 0 {
+            return Err(ReplicaError::Config { field: "id", rule: "must be at least 1".into() });
+        }
+        if config.advertise.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            let rule = format!("must be host:port, got {:?}", config.advertise);
+            return Err(ReplicaError::Config { field: "advertise", rule });
+        }
+        let raft_config = Arc::new(config.raft.config()?);
+        // TLS is checked before anything starts, so a bad certificate leaves nothing running.
+        let mut builder = server::builder(config.server_tls.clone())?;
+        let (log, sm) = Store::open(&config.data_dir)?;
+        let reader = sm.reader();
+        // Bind before raft starts, so a taken port fails the start, not a later RPC.
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ReplicaError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| ReplicaError::Bind { addr: config.listen, source })?;
+
+        let peers = Peers::new(config.id, Arc::clone(&config.peer_tls));
+        let raft =
+            Raft::new(config.id, raft_config, Network::new(Arc::clone(&peers)), log, sm).await.map_err(Box::new)?;
+        // Writes wait out about three elections before giving up.
+        let retry_budget = Duration::from_millis(config.raft.election_max_ms * 3).max(Duration::from_secs(3));
+        let client = ReplicaClient::new(config.id, raft.clone(), reader, peers, retry_budget);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        // Until raft runs, probes must not send traffic here.
+        set_health(&health, tonic_health::ServingStatus::NotServing).await;
+        let router = builder
+            .add_service(health_service)
+            .add_service(RaftRpcService::new(config.id, raft.clone()).into_server())
+            .add_service(ClusterApi::new(client.clone()).into_server())
+            .add_service(ReleaseApi::new(client.clone()).into_server());
+        let server = server::ServerTask::spawn(router, listener);
+        let handle = ReplicaHandle { client, server, health, local_addr, data_dir: config.data_dir };
+
+        if config.bootstrap {
+            if let Err(e) = bootstrap(&raft, config.id, &config.advertise).await {
+                // Leave nothing running (and the data dir unlocked) behind a failed start.
+                if let Err(stop) = handle.shutdown().await {
+                    tracing::warn!(error = %stop, "stopping after a failed bootstrap");
+                }
+                return Err(e);
+            }
+        }
+        set_health(&handle.health, tonic_health::ServingStatus::Serving).await;
+        tracing::info!(id = config.id, %local_addr, advertise = %config.advertise, "replica started");
+        Ok(handle)
+    }
+}
+
+/// Initializes a one-voter cluster unless raft already has state.
+async fn bootstrap(raft: &Raft, id: NodeId, advertise: &str) -> Result<(), ReplicaError> {
+    let initialized = raft.is_initialized().await.map_err(Box::new)?;
+    if initialized {
+        return Ok(());
+    }
+    match raft.initialize(BTreeMap::from([(id, ReplicaNode::new(advertise))])).await {
+        // NotAllowed: a vote or log appeared meanwhile (e.g. another replica
+        // added us); the cluster exists, which is what bootstrap wants.
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(Box::new(e).into()),
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: tonic_health::ServingStatus) {
+    for service in HEALTH_SERVICES {
+        health.set_service_status(*service, status).await;
+    }
+}
+
+/// A running replica.
+pub struct ReplicaHandle {
+    client: ReplicaClient,
+    server: server::ServerTask,
+    health: HealthReporter,
+    local_addr: SocketAddr,
+    data_dir: PathBuf,
+}
+
+impl ReplicaHandle {
+    /// The local raft node.
+    pub fn raft(&self) -> &Raft {
+        self.client.raft()
+    }
+
+    /// Local (possibly stale) reads of the applied state.
+    pub fn reader(&self) -> &KvReader {
+        self.client.reader()
+    }
+
+    /// The address the gRPC port is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Writes and linearizable reads through this replica.
+    pub fn client(&self) -> &ReplicaClient {
+        &self.client
+    }
+
+    /// Proposes `request` through the leader; see [`ReplicaClient::write_entry`].
+    pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
+        self.client.write(request).await
+    }
+
+    /// Confirms local reads are linearizable; see [`ReplicaClient::read_linearizable`].
+    pub async fn read_linearizable(&self) -> Result<u64, ReadError> {
+        self.client.read_linearizable().await
+    }
+
+    /// Stops the replica: health turns NOT_SERVING, the port stops accepting
+    /// and open calls get a few seconds to finish, raft shuts down, and the
+    /// call returns once sled has flushed and released the data dir (so the
+    /// same dir can be reopened at once, in this process or another).
+    pub async fn shutdown(self) -> Result<(), ReplicaError> {
+        let ReplicaHandle { client, server, health, local_addr, data_dir } = self;
+        let started = Instant::now();
+        set_health(&health, tonic_health::ServingStatus::NotServing).await;
+        let served = server.stop(SHUTDOWN_GRACE).await;
+        let raft = client.raft().clone();
+        let stopped = raft.shutdown().await.map_err(ReplicaError::from);
+        // Our reader and raft handles keep sled open; openraft's tasks drop
+        // theirs as they finish.
+        drop((client, raft));
+        wait_store_released(&data_dir).await?;
+        tracing::info!(%local_addr, elapsed = ?started.elapsed(), "replica stopped");
+        served?;
+        stopped
+    }
+}
+
+/// Waits until sled's lock on `data_dir` is free. Dropping the last handle
+/// of a sled database flushes it; proving the lock free (by opening and
+/// closing the store) is the only way to see that from outside.
+async fn wait_store_released(data_dir: &std::path::Path) -> Result<(), ReplicaError> {
+    let deadline = Instant::now() + STORE_RELEASE_TIMEOUT;
+    loop {
+        match Store::open(data_dir) {
+            Ok(pair) => {
+                drop(pair);
+                return Ok(());
+            }
+            Err(StoreError::Sled { access: Access::Open, .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(StoreError::Sled { access: Access::Open, .. }) => {
+                return Err(ReplicaError::StoreNotReleased(data_dir.to_path_buf()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then shuts the replica down; what a
+/// `serve` binary calls after [`Replica::start`].
+pub async fn run_until_signal(handle: ReplicaHandle) -> Result<(), ReplicaError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+    let (mut term, mut int) = match handlers {
+        Ok(pair) => pair,
+        Err(e) => {
+            // Without handlers nothing could stop us cleanly later: stop now.
+            handle.shutdown().await?;
+            return Err(ReplicaError::Signal(e));
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    handle.shutdown().await
+}
