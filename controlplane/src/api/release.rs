@@ -266,7 +266,7 @@ impl ReleaseService for ReleaseApi {
         };
         let all = self.all()?;
         // Support status is relative to the whole family, filters aside.
-        let mut known: BTreeMap<(&str, &str, &str, &str, &str), Vec<Version>> = BTreeMap::new();
+        let mut known: BTreeMap<(&str, &str, &str, &str, &str, bool), Vec<Version>> = BTreeMap::new();
         for record in &all {
             if let Some(v) = record.version() {
                 known.entry(record.family_key()).or_default().push(v);
