@@ -13,4 +13,5 @@ pub mod fleet;
 pub mod raft;
 pub mod replica;
 pub mod security;
+pub mod serve;
 pub mod store;

@@ -1,17 +1,23 @@
 //! `kairos-controlplane`: the Kairos Fleet control plane.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kairos_controlplane::demo::{self, DemoOptions};
+use kairos_controlplane::replica::RaftTuning;
 use kairos_controlplane::security::bootstrap::{self, InitOptions, InitReport, ReplicaSpec};
+use kairos_controlplane::serve::{self, ServeOptions};
 
 /// The Kairos Fleet control plane.
 #[derive(Parser)]
 #[command(name = "kairos-controlplane", version, about)]
 struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "KAIROS_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +36,31 @@ enum Command {
         #[arg(long, default_value = "alpine-arm-rpi")]
         failing_flavor: String,
     },
+    /// Run a replica: with no flags, a single-replica control plane in ./kairos-data.
+    Serve {
+        /// A replica folder, a folder `init` wrote (see --replica-id), or a new
+        /// folder to initialise as a single-replica cluster.
+        #[arg(long, default_value = serve::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Address to bind (default: the replica's address from replica.toml).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<SocketAddr>,
+        /// Which replica of an `init` folder to run.
+        #[arg(long)]
+        replica_id: Option<u64>,
+        /// Ask this replica to add us to its cluster once we are up.
+        #[arg(long, value_name = "HOST:PORT")]
+        join: Option<String>,
+        /// raft heartbeat interval in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        heartbeat_ms: u64,
+        /// Lower bound of the raft election timeout in milliseconds (the upper is twice this).
+        #[arg(long, default_value_t = 500)]
+        election_timeout_ms: u64,
+        /// Take a snapshot (and purge the log behind it) every this many log entries.
+        #[arg(long, default_value_t = 5000)]
+        snapshot_logs: u64,
+    },
     /// Create a new cluster's CA, replica certificates and configs, and the first admin token.
     Init {
         /// Folder to create everything in (one sub-folder per replica).
@@ -47,7 +78,32 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_json);
     match cli.command {
+        Command::Serve { data_dir, listen, replica_id, join, heartbeat_ms, election_timeout_ms, snapshot_logs } => {
+            let raft = RaftTuning {
+                heartbeat_ms,
+                election_min_ms: election_timeout_ms,
+                election_max_ms: election_timeout_ms * 2,
+                snapshot_logs,
+                ..RaftTuning::default()
+            };
+            let opts = ServeOptions { data_dir, listen, replica_id, join, raft };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve::serve(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Init { data_dir, replicas, force } => {
             let opts = InitOptions { data_dir, replicas, force };
             match bootstrap::init_cluster(&opts) {
@@ -105,4 +161,17 @@ fn print_init_report(opts: &InitOptions, report: &InitReport) {
         "  KAIROS_CONFIG={} kairosctl cluster status",
         opts.data_dir.join(bootstrap::KAIROSCTL_CONFIG_FILE).display()
     );
+}
+
+/// Human-readable logs by default, JSON lines with `--log-json`; the level
+/// comes from `RUST_LOG` (default `info`).
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

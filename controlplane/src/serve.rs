@@ -1,0 +1,200 @@
+//! `kairos-controlplane serve`: find (or create) a replica's folder, start
+//! the replica, seed the first admin token, join an existing cluster when
+//! asked, and run until SIGTERM.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kairos_fleet_proto::fleet::v1::cluster_service_client::ClusterServiceClient;
+use kairos_fleet_proto::fleet::v1::AddReplicaRequest;
+
+use crate::raft::host_of;
+use crate::replica::{self, RaftTuning, Replica, ReplicaConfig, ReplicaError};
+use crate::security::bootstrap::{self, InitOptions, ReplicaSpec};
+use crate::security::pki::CA_KEY_FILE;
+use crate::security::{BootstrapTokens, ReplicaConfig as ReplicaFile, ReplicaCredentials, SecurityError};
+use crate::store::{Compare, Op, Request};
+
+/// Key prefix of operator token records in the replicated state.
+pub const TOKENS_PREFIX: &str = "tokens/";
+
+/// Where the embedded default keeps its data when no `--data-dir` is given.
+pub const DEFAULT_DATA_DIR: &str = "kairos-data";
+
+/// Why `serve` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Credentials or replica files are missing or invalid.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The replica failed to start or stop.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// A flag or file value is not usable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Options of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// A replica folder (with `replica.toml`), a folder `init` wrote, or an
+    /// empty/new folder to initialise as a single-replica cluster.
+    pub data_dir: PathBuf,
+    /// Address to bind; defaults to the replica's advertised address.
+    pub listen: Option<SocketAddr>,
+    /// Which replica of an `init` folder to run.
+    pub replica_id: Option<u64>,
+    /// Ask this replica (host:port) to add us as a voter once we are up.
+    pub join: Option<String>,
+    /// raft timing.
+    pub raft: RaftTuning,
+}
+
+/// Finds the replica folder `opts` points at; initialises a single-replica
+/// cluster when the folder holds nothing yet (the embedded default).
+pub fn resolve_replica_dir(opts: &ServeOptions) -> Result<PathBuf, ServeError> {
+    let dir = &opts.data_dir;
+    if dir.join(bootstrap::REPLICA_CONFIG_FILE).exists() {
+        return Ok(dir.clone());
+    }
+    if dir.join(CA_KEY_FILE).exists() {
+        let id = opts.replica_id.unwrap_or(1);
+        let replica = bootstrap::replica_dir(dir, id);
+        if replica.join(bootstrap::REPLICA_CONFIG_FILE).exists() {
+            return Ok(replica);
+        }
+        return Err(ServeError::Invalid(format!(
+            "{} has no replica {id}: pass --replica-id with one of the replica-<id> folders, or --data-dir of a replica folder",
+            dir.display()
+        )));
+    }
+    let listen = opts.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7001)));
+    let id = opts.replica_id.unwrap_or(1);
+    let spec: ReplicaSpec = format!("{id}={listen}").parse().map_err(ServeError::Security)?;
+    let report = bootstrap::init_cluster(&InitOptions { data_dir: dir.clone(), replicas: vec![spec], force: false })?;
+    tracing::info!(
+        dir = %dir.display(),
+        admin_token = %dir.join(bootstrap::ADMIN_TOKEN_FILE).display(),
+        kairosctl = %dir.join(bootstrap::KAIROSCTL_CONFIG_FILE).display(),
+        token_id = %report.admin_token_id,
+        "initialised a single-replica cluster"
+    );
+    Ok(bootstrap::replica_dir(dir, id))
+}
+
+fn resolve_listen(advertise: &str) -> Result<SocketAddr, ServeError> {
+    advertise
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| ServeError::Invalid(format!("listen address {advertise:?} does not resolve; pass --listen")))
+}
+
+/// Runs a replica until SIGTERM or SIGINT.
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    crate::security::install_crypto_provider();
+    let dir = resolve_replica_dir(&opts)?;
+    let file = ReplicaFile::load(&dir)?;
+    let creds = Arc::new(ReplicaCredentials::load(&dir)?);
+    let listen = match opts.listen {
+        Some(addr) => addr,
+        None => resolve_listen(&file.listen)?,
+    };
+    let peer_creds = Arc::clone(&creds);
+    let config = ReplicaConfig {
+        id: file.id,
+        listen,
+        advertise: file.listen.clone(),
+        data_dir: dir.clone(),
+        server_tls: creds.server_tls(),
+        peer_tls: Arc::new(move |host: &str| peer_creds.client_tls(host)),
+        bootstrap: file.bootstrap,
+        raft: opts.raft,
+    };
+    tracing::info!(id = file.id, %listen, advertise = %file.listen, dir = %dir.display(), "starting replica");
+    let handle = Replica::start(config).await?;
+    if let Some(tokens) = BootstrapTokens::load(&dir)? {
+        tokio::spawn(seed_tokens(handle.client().clone(), tokens));
+    }
+    if let Some(join) = opts.join.clone() {
+        tokio::spawn(join_cluster(Arc::clone(&creds), file.id, file.listen.clone(), join, handle.raft().clone()));
+    }
+    replica::run_until_signal(handle).await?;
+    Ok(())
+}
+
+/// Writes the bootstrap tokens into the replicated state once this replica
+/// leads. Each record is written only if its key is absent, so a token
+/// revoked later is never brought back by a restart.
+async fn seed_tokens(client: replica::ReplicaClient, tokens: BootstrapTokens) {
+    loop {
+        if client.is_leader() {
+            let mut ok = true;
+            for record in &tokens.tokens {
+                let key = format!("{TOKENS_PREFIX}{}", record.id);
+                let value = match serde_json::to_vec(record) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(%e, "encoding a bootstrap token");
+                        return;
+                    }
+                };
+                let put = Request::txn(vec![Compare::missing(key.clone())], vec![Op::put(key, value)], vec![]);
+                if let Err(e) = client.write(put).await {
+                    tracing::warn!(%e, "seeding the bootstrap admin token; will retry");
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                tracing::info!(tokens = tokens.tokens.len(), "bootstrap tokens are in the replicated state");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Asks `join` to add this replica as a voter, retrying with backoff until
+/// this replica sees itself in the membership.
+async fn join_cluster(
+    creds: Arc<ReplicaCredentials>,
+    id: u64,
+    advertise: String,
+    join: String,
+    raft: crate::store::Raft,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let is_member = raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        if is_member {
+            tracing::info!(%join, "joined the cluster");
+            return;
+        }
+        match add_self(&creds, id, &advertise, &join).await {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(%join, %e, "joining the cluster; will retry"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn add_self(creds: &ReplicaCredentials, id: u64, advertise: &str, join: &str) -> Result<(), String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{join}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(creds.client_tls(host_of(join)))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(60));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut client = ClusterServiceClient::new(channel);
+    client
+        .add_replica(AddReplicaRequest { replica_id: id, address: advertise.to_string(), ..Default::default() })
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+}
