@@ -10,19 +10,23 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::network::ForwardResult;
 use super::{decode, encode, MAX_MESSAGE_BYTES};
+use crate::security::{peer_identity, PeerIdentity};
 use crate::store::{NodeId, Raft};
 
-/// Decides whether the caller may use the replica-only raft RPCs.
-///
-/// authz: every RaftService method calls this first. It allows all callers
-/// today; the planned rule is "the TLS client certificate is a replica
-/// certificate of our CA" (read from the request's `TlsConnectInfo` peer
-/// certificates), answering PERMISSION_DENIED otherwise. Until then the
-/// port's TLS configuration (client certificates required or not) is the
-/// only gate.
-pub fn authorize_peer<T>(_request: &Request<T>) -> Result<(), Status> {
-    // authz: allow-all until replica certificates are checked here.
-    Ok(())
+/// Decides whether the caller may use the replica-only raft RPCs: only a
+/// peer presenting a replica certificate of our CA (the TLS layer already
+/// checked the chain) may append entries, vote, install snapshots or
+/// forward writes. Operators and nodes are answered PERMISSION_DENIED.
+pub fn authorize_peer<T>(request: &Request<T>) -> Result<(), Status> {
+    match peer_identity(request) {
+        Some(PeerIdentity::Replica(_)) => Ok(()),
+        Some(other) => Err(Status::permission_denied(format!(
+            "the raft service is for replicas only; the caller's certificate is {other:?}"
+        ))),
+        None => Err(Status::permission_denied(
+            "the raft service is for replicas only: present a replica certificate issued by this cluster's CA",
+        )),
+    }
 }
 
 /// `RaftService` of one replica.

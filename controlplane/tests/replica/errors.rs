@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kairos_fleet_proto::fleet::v1 as pb;
+use kairos_fleet_proto::raft::v1::raft_service_client::RaftServiceClient;
+use kairos_fleet_proto::raft::v1::{ForwardWriteRequest, VoteRequest};
 use tonic::Code;
 
 use crate::common::{add_release, cluster_client, free_port, image, leader_of, release_client, tuning, Pki, Slot};
@@ -87,4 +89,20 @@ async fn public_calls_answer_the_documented_status_codes() {
 
     r2.shutdown().await.expect("shutdown 2");
     r1.shutdown().await.expect("shutdown 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_rpcs_are_refused_to_callers_without_a_replica_certificate() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = Arc::new(Pki::new());
+    let slot = Slot::new(1, root.path());
+    let r1 = slot.start(&pki, true, tuning()).await;
+    leader_of(&r1).await;
+    // An operator certificate from the same CA passes TLS but is no replica.
+    let mut raft = RaftServiceClient::new(crate::common::channel(&pki, &slot.addr()));
+    let vote = raft.vote(VoteRequest { payload: b"{}".to_vec() }).await;
+    assert_code(vote, Code::PermissionDenied, "replicas only");
+    let forward = raft.forward_write(ForwardWriteRequest { payload: b"{}".to_vec(), from_replica_id: 7 }).await;
+    assert_code(forward, Code::PermissionDenied, "replicas only");
+    r1.shutdown().await.expect("shutdown");
 }
