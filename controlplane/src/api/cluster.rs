@@ -9,6 +9,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
+use super::auth::authorize;
+use crate::security::Role;
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_fleet_proto::fleet::v1::cluster_service_client::ClusterServiceClient;
 use kairos_fleet_proto::fleet::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
@@ -300,8 +302,9 @@ fn validate_add(req: &pb::AddReplicaRequest) -> Result<(), Status> {
 impl ClusterService for ClusterApi {
     async fn status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        authorize(self.client.reader(), &request, Role::Viewer)?;
         let m = self.metrics();
         let committed = self.client.raft().with_raft_state(|st| st.committed.map_or(0, |l| l.index)).await;
         let commit_index = committed.map_err(|e| Status::unavailable(format!("raft has stopped: {e}")))?;
@@ -321,6 +324,7 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::AddReplicaRequest>,
     ) -> Result<Response<pb::AddReplicaResponse>, Status> {
+        authorize(self.client.reader(), &request, Role::Admin)?;
         validate_add(request.get_ref())?;
         match self.route(&request)? {
             Route::Here => Ok(Response::new(self.add_here(request.into_inner()).await?)),
@@ -335,6 +339,7 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::RemoveReplicaRequest>,
     ) -> Result<Response<pb::RemoveReplicaResponse>, Status> {
+        authorize(self.client.reader(), &request, Role::Admin)?;
         if request.get_ref().replica_id == 0 {
             return Err(Status::invalid_argument("replica_id: must be at least 1 (got 0)"));
         }

@@ -13,6 +13,7 @@
 //! leader, and the `kairos-leader` response metadata carries its
 //! `host:port`, so a client can retry there directly.
 
+pub mod auth;
 pub mod cluster;
 pub mod release;
 

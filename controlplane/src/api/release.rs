@@ -4,6 +4,8 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
+use super::auth::authorize;
+use crate::security::Role;
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_fleet_proto::fleet::v1::release_service_server::{ReleaseService, ReleaseServiceServer};
 use semver::Version;
@@ -255,6 +257,7 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        authorize(self.client.reader(), &request, Role::Viewer)?;
         if wants_linearizable(&request)? {
             self.client.read_linearizable().await.map_err(read_status)?;
         }
@@ -309,6 +312,7 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<pb::AddReleaseRequest>,
     ) -> Result<Response<pb::AddReleaseResponse>, Status> {
+        authorize(self.client.reader(), &request, Role::Operator)?;
         let req = request.into_inner();
         let record = parse_add(&req)?;
         if req.dry_run {
@@ -339,8 +343,9 @@ impl ReleaseService for ReleaseApi {
 
     async fn sync_releases(
         &self,
-        _request: Request<pb::SyncReleasesRequest>,
+        request: Request<pb::SyncReleasesRequest>,
     ) -> Result<Response<pb::SyncReleasesResponse>, Status> {
+        authorize(self.client.reader(), &request, Role::Operator)?;
         Err(Status::unimplemented(
             "SyncReleases: registry sync is not available yet; add images one at a time with AddRelease",
         ))
