@@ -5,6 +5,7 @@
 //! rollouts on the leader and `sessions` push desired state to nodes.
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod cli_config;
 pub mod demo;
 pub mod fleet;
