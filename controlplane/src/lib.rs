@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod cli;
 pub mod cli_config;
 pub mod demo;
 pub mod fleet;

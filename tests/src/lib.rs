@@ -78,6 +78,11 @@ impl Cluster {
     /// Starts replica `id` (`serve --data-dir`); its output goes to
     /// `replica-<id>.log` in the cluster folder, appended across restarts.
     pub fn start(&mut self, id: u64) {
+        self.start_with(id, &[]);
+    }
+
+    /// Starts replica `id` with extra `serve` flags.
+    pub fn start_with(&mut self, id: u64, extra: &[&str]) {
         let log_path = self.dir.path().join(format!("replica-{id}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -89,6 +94,7 @@ impl Cluster {
             .arg("serve")
             .arg("--data-dir")
             .arg(self.replica_dir(id))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

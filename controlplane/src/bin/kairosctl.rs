@@ -1,89 +1,31 @@
-//! `kairosctl`: the Kairos Fleet operator CLI.
+//! `kairosctl`: the Kairos Fleet operator CLI. The commands live in
+//! `kairos_controlplane::cli`; this binary parses, runs, and turns the
+//! outcome into output and an exit code (see `cli::error` for the codes).
 
+use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use kairos_controlplane::fleet::image::ImageRef;
-use kairos_controlplane::fleet::matrix::init_system;
-
-/// Operate a Kairos Fleet control plane.
-#[derive(Parser)]
-#[command(name = "kairosctl", version, about)]
-struct Cli {
-    /// Output format.
-    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Work with Kairos image references.
-    Image {
-        #[command(subcommand)]
-        command: ImageCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum ImageCommand {
-    /// Parse an image reference and show what the control plane reads from it.
-    Inspect {
-        /// e.g. quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1
-        reference: String,
-    },
-}
+use clap::Parser;
+use kairos_controlplane::cli::{self, error::EXIT_OTHER, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Image { command: ImageCommand::Inspect { reference } } => inspect(&reference, cli.output),
-    }
-}
-
-fn inspect(reference: &str, output: Output) -> ExitCode {
-    let image = match ImageRef::parse(reference) {
-        Ok(image) => image,
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_OTHER);
         }
     };
-    let family = image.family();
-    let fields = [
-        ("reference", image.to_string()),
-        ("grammar", image.grammar().as_str().to_string()),
-        ("registry_prefix", image.registry_prefix().to_string()),
-        ("flavor", family.flavor.clone()),
-        ("flavor_release", family.flavor_release.clone()),
-        ("variant", family.variant.to_string()),
-        ("arch", family.arch.to_string()),
-        ("model", family.model.clone()),
-        ("release", format!("v{}", image.release())),
-        ("software", image.software().map(|s| s.to_string()).unwrap_or_default()),
-        ("trusted_boot", image.trusted_boot().to_string()),
-        ("disk_image", image.is_disk_image().to_string()),
-        ("upgrade_target", (!image.is_disk_image()).to_string()),
-        ("init_system", format!("{:?}", init_system(&family.flavor)).to_lowercase()),
-    ];
-    match output {
-        Output::Json => {
-            let map: serde_json::Map<String, serde_json::Value> =
-                fields.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect();
-            println!("{}", serde_json::Value::Object(map));
-        }
-        Output::Table => {
-            for (k, v) in fields {
-                println!("{k:<16} {v}");
-            }
+    let mut out = std::io::stdout().lock();
+    let result = runtime.block_on(cli::run(cli, &mut out));
+    // A closed pipe (`kairosctl ... | head`) is not worth an error.
+    let _ = out.flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("{}", e.report());
+            ExitCode::from(e.exit_code())
         }
     }
-    ExitCode::SUCCESS
 }
