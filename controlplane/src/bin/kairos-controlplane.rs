@@ -60,6 +60,9 @@ enum Command {
         /// Take a snapshot (and purge the log behind it) every this many log entries.
         #[arg(long, default_value_t = 5000)]
         snapshot_logs: u64,
+        /// Log entries kept behind a snapshot for followers that lag a little.
+        #[arg(long, default_value_t = 1000)]
+        snapshot_keep_logs: u64,
     },
     /// Create a new cluster's CA, replica certificates and configs, and the first admin token.
     Init {
@@ -80,13 +83,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     match cli.command {
-        Command::Serve { data_dir, listen, replica_id, join, heartbeat_ms, election_timeout_ms, snapshot_logs } => {
+        Command::Serve {
+            data_dir,
+            listen,
+            replica_id,
+            join,
+            heartbeat_ms,
+            election_timeout_ms,
+            snapshot_logs,
+            snapshot_keep_logs,
+        } => {
             let raft = RaftTuning {
                 heartbeat_ms,
                 election_min_ms: election_timeout_ms,
                 election_max_ms: election_timeout_ms * 2,
                 snapshot_logs,
-                ..RaftTuning::default()
+                snapshot_keep_logs,
             };
             let opts = ServeOptions { data_dir, listen, replica_id, join, raft };
             let runtime = match tokio::runtime::Runtime::new() {

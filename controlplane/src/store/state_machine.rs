@@ -361,8 +361,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         let snap_err = |e: StoreError| e.into_storage_error(ErrorSubject::Snapshot(Some(meta.signature())));
+        let bytes = snapshot.get_ref().len();
         self.replace_with_snapshot(meta, snapshot.into_inner()).map_err(snap_err)?;
-        flush(self.tree(), "installed snapshot").await.map_err(snap_err)
+        flush(self.tree(), "installed snapshot").await.map_err(snap_err)?;
+        tracing::info!(snapshot = ?meta.signature(), bytes, "installed a snapshot from the leader");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
