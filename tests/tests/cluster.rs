@@ -244,3 +244,20 @@ fn removing_and_adding_a_replica_while_writes_continue() {
         wait_holds(&cluster, id, &acked, Duration::from_secs(20));
     }
 }
+
+#[test]
+fn sigterm_stops_a_replica_cleanly_and_it_restarts_with_its_state() {
+    let mut cluster = Cluster::init(1);
+    cluster.start_with(1, FAST);
+    wait_for("replica 1 to lead", Duration::from_secs(20), || leader(&cluster, &[1]));
+    let written: BTreeSet<String> = (0..3).map(image).collect();
+    for n in 0..3 {
+        assert!(add(&cluster, n), "write {n}");
+    }
+    let started = Instant::now();
+    assert!(cluster.terminate(1, Duration::from_secs(10)), "exit status 0 after SIGTERM: {}", cluster.log(1));
+    eprintln!("SIGTERM to exit: {:?}", started.elapsed());
+    assert!(cluster.log(1).contains("SIGTERM"), "{}", cluster.log(1));
+    cluster.start_with(1, FAST);
+    wait_holds(&cluster, 1, &written, Duration::from_secs(20));
+}
