@@ -4,11 +4,13 @@
 //! Status is answered by whichever replica receives it (`from_leader` says
 //! whether the progress of the others is the leader's view). AddReplica and
 //! RemoveReplica run on the leader; a follower forwards them (see the
-//! module docs of [`crate::api`] for the leader hint convention).
+//! module docs of [`crate::api`] for the leader hint convention); the
+//! leader appends their audit entry once the change is committed.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
+use super::audit::{method, Call};
 use super::auth::authorize;
 use crate::security::Role;
 use kairos_fleet_proto::fleet::v1 as pb;
@@ -324,10 +326,18 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::AddReplicaRequest>,
     ) -> Result<Response<pb::AddReplicaResponse>, Status> {
-        authorize(self.client.reader(), &request, Role::Admin)?;
+        let caller = authorize(self.client.reader(), &request, Role::Admin)?;
         validate_add(request.get_ref())?;
+        let r = request.get_ref();
+        let summary = format!("replica_id={} address={} learner_only={}", r.replica_id, r.address, r.learner_only);
+        let call =
+            Call::new(&request, method::ADD_REPLICA, &caller).about(format!("replica/{}", r.replica_id), summary);
         match self.route(&request)? {
-            Route::Here => Ok(Response::new(self.add_here(request.into_inner()).await?)),
+            Route::Here => {
+                let response = self.add_here(request.into_inner()).await?;
+                call.succeeded(&self.client).await;
+                Ok(Response::new(response))
+            }
             Route::Leader(addr) => {
                 let forwarded = self.forwarded(&request);
                 self.leader_answer(self.cluster_client(&addr)?.add_replica(forwarded).await)
@@ -339,12 +349,19 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::RemoveReplicaRequest>,
     ) -> Result<Response<pb::RemoveReplicaResponse>, Status> {
-        authorize(self.client.reader(), &request, Role::Admin)?;
-        if request.get_ref().replica_id == 0 {
+        let caller = authorize(self.client.reader(), &request, Role::Admin)?;
+        let id = request.get_ref().replica_id;
+        if id == 0 {
             return Err(Status::invalid_argument("replica_id: must be at least 1 (got 0)"));
         }
+        let call = Call::new(&request, method::REMOVE_REPLICA, &caller)
+            .about(format!("replica/{id}"), format!("replica_id={id}"));
         match self.route(&request)? {
-            Route::Here => Ok(Response::new(self.remove_here(request.into_inner()).await?)),
+            Route::Here => {
+                let response = self.remove_here(request.into_inner()).await?;
+                call.succeeded(&self.client).await;
+                Ok(Response::new(response))
+            }
             Route::Leader(addr) => {
                 let forwarded = self.forwarded(&request);
                 self.leader_answer(self.cluster_client(&addr)?.remove_replica(forwarded).await)

@@ -13,6 +13,8 @@
 //! leader, and the `kairos-leader` response metadata carries its
 //! `host:port`, so a client can retry there directly.
 
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod release;
@@ -20,6 +22,7 @@ pub mod release;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
+pub use admin::AdminApi;
 pub use cluster::ClusterApi;
 pub use release::ReleaseApi;
 

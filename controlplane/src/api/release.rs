@@ -1,9 +1,12 @@
 //! `kairos.fleet.v1.ReleaseService`: the catalog of upgrade images,
-//! stored under `releases/<image ref>` as JSON [`ReleaseRecord`]s.
+//! stored under `releases/<image ref>` as JSON [`ReleaseRecord`]s. Adding
+//! an image appends an audit entry after it is stored; adding one already
+//! there changes nothing and is not audited.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
+use super::audit::{method, Call};
 use super::auth::authorize;
 use crate::security::Role;
 use kairos_fleet_proto::fleet::v1 as pb;
@@ -312,7 +315,8 @@ impl ReleaseService for ReleaseApi {
         &self,
         request: Request<pb::AddReleaseRequest>,
     ) -> Result<Response<pb::AddReleaseResponse>, Status> {
-        authorize(self.client.reader(), &request, Role::Operator)?;
+        let caller = authorize(self.client.reader(), &request, Role::Operator)?;
+        let call = Call::new(&request, method::ADD_RELEASE, &caller);
         let req = request.into_inner();
         let record = parse_add(&req)?;
         if req.dry_run {
@@ -328,6 +332,8 @@ impl ReleaseService for ReleaseApi {
         let committed = self.client.write_entry(write).await.map_err(write_status)?;
         if committed.response.succeeded {
             tracing::info!(image_ref = %record.image_ref, "release added");
+            let summary = format!("image_ref={} digest={}", req.image_ref.trim(), req.digest.trim());
+            call.about(format!("release/{}", record.image_ref), summary).succeeded(&self.client).await;
             let release = record.to_proto(pb::SupportStatus::Unspecified);
             return Ok(Response::new(pb::AddReleaseResponse { release: Some(release), created: true }));
         }
