@@ -6,8 +6,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
 
+use super::audit::AuditCommand;
+use super::enroll_tokens::EnrollTokensCommand;
 use super::output::Format;
 use super::settings::{parse_timeout, Overrides};
+use super::tokens::TokensCommand;
 use crate::cli_config::CONFIG_ENV;
 
 /// Operate a Kairos Fleet control plane.
@@ -79,6 +82,24 @@ pub enum Command {
         /// The releases command.
         #[command(subcommand)]
         command: ReleasesCommand,
+    },
+    /// Operator tokens: create, list, revoke (needs admin).
+    Tokens {
+        /// The tokens command.
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Bootstrap tokens nodes enroll with (needs admin).
+    EnrollTokens {
+        /// The enroll-tokens command.
+        #[command(subcommand)]
+        command: EnrollTokensCommand,
+    },
+    /// The audit log of every mutating call (needs admin).
+    Audit {
+        /// The audit command.
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Work with Kairos image references (offline).
     Image {

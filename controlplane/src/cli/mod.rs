@@ -6,11 +6,14 @@
 //! - [`settings`]: config file + flags → [`ConnectionSettings`].
 //! - [`error`]: [`CliError`], its hint and exit code.
 //! - [`output`]: `-o table|json|yaml`; each command module defines the
-//!   serde views it prints ([`cluster`], [`releases`], [`sync`], [`image`]).
+//!   serde views it prints ([`cluster`], [`releases`], [`sync`], [`image`],
+//!   [`tokens`], [`enroll_tokens`], [`audit`]).
 
 pub mod args;
+pub mod audit;
 pub mod client;
 pub mod cluster;
+pub mod enroll_tokens;
 pub mod error;
 pub mod image;
 pub mod leader;
@@ -18,6 +21,7 @@ pub mod output;
 pub mod releases;
 pub mod settings;
 pub mod sync;
+pub mod tokens;
 
 #[cfg(test)]
 mod tests;
@@ -65,6 +69,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 ClusterCommand::RemoveReplica { id } => print(out, &cluster::remove_replica(&conn, id).await?, format),
             }
         }
+        Command::Tokens { command } => tokens::run(&connect(&cli.global)?, command, format, out).await,
+        Command::EnrollTokens { command } => enroll_tokens::run(&connect(&cli.global)?, command, format, out).await,
+        Command::Audit { command } => audit::run(&connect(&cli.global)?, command, format, out).await,
         Command::Releases { command } => {
             let conn = connect(&cli.global)?;
             match command {
