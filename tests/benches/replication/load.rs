@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::Put;
+use crate::{cpu, Put};
 
 /// Deadline of one write during the throughput levels: far above any
 /// healthy latency, only there so that a stuck call cannot hang the run.
@@ -33,8 +33,8 @@ pub struct LevelResult {
     pub errors: u64,
     /// The first failure's message, if any.
     pub first_error: Option<String>,
-    /// CPU seconds (user + system) the members used inside the window.
-    pub member_cpu_secs: f64,
+    /// CPU seconds used inside the window (members, bench, whole machine).
+    pub cpu: cpu::Sample,
 }
 
 impl LevelResult {
@@ -45,7 +45,17 @@ impl LevelResult {
 
     /// Member CPU milliseconds per acknowledged write (all members together).
     pub fn cpu_ms_per_write(&self) -> f64 {
-        self.member_cpu_secs * 1000.0 / self.latencies_us.len() as f64
+        self.cpu.members * 1000.0 / self.latencies_us.len() as f64
+    }
+
+    /// Cores, on average over the window, that other work on the machine used.
+    pub fn other_cores(&self) -> f64 {
+        self.cpu.other() / self.seconds
+    }
+
+    /// Cores, on average over the window, that the load generator used.
+    pub fn bench_cores(&self) -> f64 {
+        self.cpu.bench / self.seconds
     }
 
     /// Latency quantile `q` (0..=1) in milliseconds (nearest rank).
@@ -60,9 +70,8 @@ impl LevelResult {
 
 /// Runs `clients` clients over `writers` (client k uses connection k mod
 /// len) for `warmup`, then measures for `duration`: a write counts when it is
-/// acknowledged inside the window, with its full latency. `member_cpu`
-/// reads the CPU seconds the members have used so far; it is read when the
-/// window opens and when it closes.
+/// acknowledged inside the window, with its full latency. `sample_cpu` is
+/// called when the window opens and when it closes.
 pub async fn run_level<W: Put>(
     system: &'static str,
     writers: &[W],
@@ -70,7 +79,7 @@ pub async fn run_level<W: Put>(
     seq: Arc<AtomicU64>,
     warmup: Duration,
     duration: Duration,
-    member_cpu: impl Fn() -> f64,
+    sample_cpu: impl Fn() -> cpu::Sample,
 ) -> LevelResult {
     let start = Instant::now() + warmup;
     let end = start + duration;
@@ -104,9 +113,9 @@ pub async fn run_level<W: Put>(
         }));
     }
     tokio::time::sleep_until(start).await;
-    let cpu_at_start = member_cpu();
+    let cpu_at_start = sample_cpu();
     tokio::time::sleep_until(end).await;
-    let member_cpu_secs = member_cpu() - cpu_at_start;
+    let cpu = sample_cpu().since(&cpu_at_start);
     let mut result = LevelResult {
         system,
         clients,
@@ -115,7 +124,7 @@ pub async fn run_level<W: Put>(
         latencies_us: Vec::new(),
         errors: 0,
         first_error: None,
-        member_cpu_secs,
+        cpu,
     };
     for task in tasks {
         match task.await {

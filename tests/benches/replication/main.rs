@@ -1,17 +1,18 @@
 //! Replicated writes and leader failover: a 3-replica Kairos control plane
 //! against a 3-member etcd, both on loopback, in one run.
 //!
-//! 1. Kairos: `init` + `serve` (default raft timings) + `add-replica`, then
-//!    AddRelease calls to the leader from 1, 16 and 64 concurrent clients
-//!    (one tokio task each, spread over several HTTP/2 connections), a
-//!    warm-up and a fixed measured duration per level; then leader
-//!    SIGKILLs while one client writes: time from the kill to the next
-//!    acknowledged write, the killed replica restarted and caught up before
-//!    the next round.
-//! 2. etcd (`/usr/bin/etcd`, default timings): the same load as KV.Put of
-//!    the same key and the same JSON value a release record is stored as,
-//!    over TLS like Kairos; the same failover rounds.
-//! 3. A table of both, with the Kairos/etcd ratio per level. No figure is
+//! 1. Both clusters start: Kairos with `init` + `serve` (default raft
+//!    timings) + `kairosctl cluster add-replica`; etcd (`/usr/bin/etcd`,
+//!    default timings, TLS on client and peer URLs like Kairos).
+//! 2. For 1, 16 and 64 concurrent clients (one tokio task each, spread over
+//!    several HTTP/2 connections), a warm-up and a fixed measured window of
+//!    writes to the leader: AddRelease on Kairos, then right away KV.Put of
+//!    the same key and the same JSON value on etcd. The members' CPU time
+//!    and the CPU other work took are read over each window.
+//! 3. Leader failover, Kairos then etcd: while one client writes, SIGKILL
+//!    the leader; time from the kill to the next acknowledged write; the
+//!    killed member restarted and caught up before the next round.
+//! 4. A table of both with the Kairos/etcd ratio per level. No figure is
 //!    asserted: this is a benchmark, not a test.
 //!
 //! Run it with `scripts/bench-replication` (installs etcd, builds the
@@ -142,46 +143,42 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     // One sequence for the whole run: every write has its own key.
     let seq = Arc::new(AtomicU64::new(0));
 
-    report::print_load_average("before kairos");
-    eprintln!("== kairos: forming a 3-replica cluster");
+    eprintln!("== starting 3 kairos replicas");
     let mut kairos = kairos::Kairos::start().await.context("starting the Kairos cluster")?;
-    let measured = measure(args, &mut kairos, args.kill_rounds, &seq).await;
+    let mut etcd = None;
+    if !args.skip_etcd {
+        eprintln!("== starting 3 etcd members");
+        etcd = Some(etcd::Etcd::start(&args.etcd_bin, !args.etcd_plaintext).await.context("starting etcd")?);
+    }
+
+    // Both clusters are up (the idle one only sends heartbeats) and each
+    // level runs on Kairos, then right away on etcd: other work on the
+    // machine drifts over minutes, and a pair measured side by side shares
+    // most of it, which keeps the ratio meaningful.
+    let levels = measure_levels(args, &kairos, etcd.as_ref(), &seq).await;
+    let kairos_failover = match (&levels, args.kill_rounds) {
+        (Ok(_), rounds) if rounds > 0 => Some(failover::run(&mut kairos, rounds, args.attempt_timeout(), &seq).await),
+        _ => None,
+    };
     // The logs are worth most when something failed.
     save_logs(args, &kairos)?;
     drop(kairos);
-    let (kairos_levels, kairos_failover) = measured?;
-
-    let (mut etcd_levels, mut etcd_failover) = (Vec::new(), None);
-    if !args.skip_etcd {
-        report::print_load_average("before etcd");
-        eprintln!("== etcd: starting 3 members");
-        let mut etcd = etcd::Etcd::start(&args.etcd_bin, !args.etcd_plaintext).await.context("starting etcd")?;
-        let measured = measure(args, &mut etcd, args.etcd_kill_rounds, &seq).await;
+    let kairos_failover = kairos_failover.transpose()?;
+    let etcd_failover = match (etcd.as_mut(), &levels, args.etcd_kill_rounds) {
+        (Some(etcd), Ok(_), rounds) if rounds > 0 => {
+            Some(failover::run(etcd, rounds, args.attempt_timeout(), &seq).await)
+        }
+        _ => None,
+    };
+    if let Some(etcd) = etcd.take() {
         save_logs(args, &etcd)?;
-        drop(etcd);
-        (etcd_levels, etcd_failover) = measured?;
     }
+    let (kairos_levels, etcd_levels) = levels?;
+    let etcd_failover = etcd_failover.transpose()?;
 
-    report::print_load_average("at the end");
     let sizes = workload::ValueSizes::sample(seq.load(std::sync::atomic::Ordering::Relaxed))?;
     report::print_results(&sizes, &kairos_levels, &etcd_levels, kairos_failover.as_ref(), etcd_failover.as_ref());
     Ok(())
-}
-
-/// The concurrency levels, then `kill_rounds` leader kills, on `system`.
-async fn measure<S: System>(
-    args: &Args,
-    system: &mut S,
-    kill_rounds: usize,
-    seq: &Arc<AtomicU64>,
-) -> anyhow::Result<(Vec<load::LevelResult>, Option<failover::FailoverResult>)> {
-    let levels = measure_levels(args, system, seq).await?;
-    let failover = if kill_rounds > 0 {
-        Some(failover::run(system, kill_rounds, args.attempt_timeout(), seq).await?)
-    } else {
-        None
-    };
-    Ok((levels, failover))
 }
 
 /// Copies the member logs of `system` into `--logs-dir`, if given.
@@ -196,28 +193,41 @@ fn save_logs<S: System>(args: &Args, system: &S) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs every concurrency level against the current leader of `system`.
-async fn measure_levels<S: System>(
+/// Every concurrency level, on Kairos and then on etcd (if running).
+async fn measure_levels(
+    args: &Args,
+    kairos: &kairos::Kairos,
+    etcd: Option<&etcd::Etcd>,
+    seq: &Arc<AtomicU64>,
+) -> anyhow::Result<(Vec<load::LevelResult>, Vec<load::LevelResult>)> {
+    let (mut kairos_levels, mut etcd_levels) = (Vec::new(), Vec::new());
+    for &clients in &args.clients {
+        kairos_levels.push(measure_level(args, kairos, clients, seq).await?);
+        if let Some(etcd) = etcd {
+            etcd_levels.push(measure_level(args, etcd, clients, seq).await?);
+        }
+    }
+    Ok((kairos_levels, etcd_levels))
+}
+
+/// `clients` clients writing to the current leader of `system`.
+async fn measure_level<S: System>(
     args: &Args,
     system: &S,
+    clients: usize,
     seq: &Arc<AtomicU64>,
-) -> anyhow::Result<Vec<load::LevelResult>> {
-    let mut results = Vec::new();
-    for &clients in &args.clients {
-        let leader = wait_leader(system).await?;
-        let channels = args.channels_for(clients);
-        let mut writers = Vec::with_capacity(channels);
-        for _ in 0..channels {
-            writers.push(system.connect(leader, load::LOAD_CALL_TIMEOUT).await?);
-        }
-        let cpu = || cpu::seconds(&system.pids());
-        let result =
-            load::run_level(system.name(), &writers, clients, Arc::clone(seq), args.warmup(), args.duration(), cpu)
-                .await;
-        eprintln!("{}", report::level_line(&result));
-        results.push(result);
+) -> anyhow::Result<load::LevelResult> {
+    let leader = wait_leader(system).await?;
+    let channels = args.channels_for(clients);
+    let mut writers = Vec::with_capacity(channels);
+    for _ in 0..channels {
+        writers.push(system.connect(leader, load::LOAD_CALL_TIMEOUT).await?);
     }
-    Ok(results)
+    let sample_cpu = || cpu::Sample::take(&system.pids());
+    let (warmup, duration) = (args.warmup(), args.duration());
+    let result = load::run_level(system.name(), &writers, clients, Arc::clone(seq), warmup, duration, sample_cpu).await;
+    eprintln!("{}", report::level_line(&result));
+    Ok(result)
 }
 
 /// The leader, waiting up to 30 s for one to be known.

@@ -24,6 +24,7 @@ pub fn print_method(args: &Args, cores: usize, etcd_version: Option<&str>) {
         None => println!("etcd: skipped"),
     }
     println!("cpu ms/w: user + system CPU of the 3 member processes per acknowledged write, measured window only");
+    println!("other: cores used on average by everything but the members and the load generator (other work, steal)");
     println!(
         "failover: {} kairos / {} etcd leader SIGKILLs, per-attempt client timeout {} ms",
         args.kill_rounds,
@@ -32,18 +33,10 @@ pub fn print_method(args: &Args, cores: usize, etcd_version: Option<&str>) {
     );
 }
 
-/// The 1/5/15-minute load averages, so a reader can see how much other
-/// work shared the machine.
-pub fn print_load_average(when: &str) {
-    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let three: Vec<&str> = loadavg.split_whitespace().take(3).collect();
-    println!("load average {when}: {}", three.join(" "));
-}
-
 /// One level as a progress line on stderr.
 pub fn level_line(r: &LevelResult) -> String {
     format!(
-        "{} {:>2} clients / {} channels: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {:.3} member CPU ms per write, {} errors{}",
+        "{} {:>2} clients / {} channels: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {:.3} member CPU ms per write, load generator {:.2} cores, other work {:.2} cores, {} errors{}",
         r.system,
         r.clients,
         r.channels,
@@ -51,6 +44,8 @@ pub fn level_line(r: &LevelResult) -> String {
         r.quantile_ms(0.5),
         r.quantile_ms(0.99),
         r.cpu_ms_per_write(),
+        r.bench_cores(),
+        r.other_cores(),
         r.errors,
         r.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
     )
@@ -71,7 +66,7 @@ pub fn print_results(
     );
     println!();
     println!(
-        "{:<6} | {:>7} | {:>8} | {:>9} | {:>7} | {:>7} | {:>9} | {:>6} || {:>15} | {:>10} | {:>10} | {:>10}",
+        "{:<6} | {:>7} | {:>8} | {:>9} | {:>7} | {:>7} | {:>9} | {:>5} | {:>6} || {:>15} | {:>10} | {:>10} | {:>10}",
         "system",
         "clients",
         "channels",
@@ -79,6 +74,7 @@ pub fn print_results(
         "p50 ms",
         "p99 ms",
         "cpu ms/w",
+        "other",
         "errors",
         "writes/s K/etcd",
         "p50 K/etcd",
@@ -141,7 +137,7 @@ pub fn print_results(
 
 fn row(r: &LevelResult) -> String {
     format!(
-        "{:<6} | {:>7} | {:>8} | {:>9.0} | {:>7.2} | {:>7.2} | {:>9.3} | {:>6}",
+        "{:<6} | {:>7} | {:>8} | {:>9.0} | {:>7.2} | {:>7.2} | {:>9.3} | {:>5.2} | {:>6}",
         r.system,
         r.clients,
         r.channels,
@@ -149,6 +145,7 @@ fn row(r: &LevelResult) -> String {
         r.quantile_ms(0.5),
         r.quantile_ms(0.99),
         r.cpu_ms_per_write(),
+        r.other_cores(),
         r.errors
     )
 }
