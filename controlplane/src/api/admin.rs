@@ -11,7 +11,9 @@
 mod enroll;
 mod tokens;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use super::auth::now_ms;
 
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_fleet_proto::fleet::v1::admin_service_server::{AdminService, AdminServiceServer};
@@ -91,11 +93,6 @@ impl AdminApi {
 /// PERMISSION_DENIED unless the call's caller is an admin.
 fn admit(call: &Call) -> Result<(), Status> {
     call.caller().role().require(Role::Admin).map_err(Status::from)
-}
-
-/// Now, Unix milliseconds.
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A protobuf timestamp of Unix milliseconds.

@@ -56,8 +56,9 @@ impl Caller {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// Now, Unix milliseconds (the clock token expiry and audit times use).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Status> {
