@@ -45,6 +45,15 @@ pub enum Op {
         /// Prefix bytes.
         prefix: Vec<u8>,
     },
+    /// Runs `ops` only if every compare holds; otherwise does nothing. Lets
+    /// one request carry many independent compare-and-sets (one per node
+    /// of a batch), each succeeding or failing on its own.
+    Guarded {
+        /// Guards of this op alone.
+        compares: Vec<Compare>,
+        /// Ops to run when they hold.
+        ops: Vec<Op>,
+    },
 }
 
 impl Op {
@@ -61,6 +70,11 @@ impl Op {
     /// A delete of every key under `prefix`.
     pub fn delete_prefix(prefix: impl Into<Vec<u8>>) -> Self {
         Op::DeletePrefix { prefix: prefix.into() }
+    }
+
+    /// `ops`, run only when every compare holds.
+    pub fn guarded(compares: Vec<Compare>, ops: Vec<Op>) -> Self {
+        Op::Guarded { compares, ops }
     }
 }
 
@@ -212,6 +226,13 @@ pub enum OpResult {
         /// How many keys were removed.
         deleted: u64,
     },
+    /// A guarded group of ops.
+    Guarded {
+        /// Whether the compares held and the ops ran.
+        applied: bool,
+        /// One result per op when they ran; empty otherwise.
+        results: Vec<OpResult>,
+    },
 }
 
 /// The state machine's answer to one applied log entry.
@@ -294,47 +315,67 @@ impl PendingWrites {
         let mut changed = false;
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
-            match op {
-                Op::Put { key, value } => {
-                    let prev = self.get(source, key)?;
-                    let kv = match &prev {
-                        Some(p) => KeyValue {
-                            value: value.clone(),
-                            create_revision: p.create_revision,
-                            mod_revision: next,
-                            version: p.version + 1,
-                        },
-                        None => {
-                            KeyValue { value: value.clone(), create_revision: next, mod_revision: next, version: 1 }
-                        }
-                    };
-                    self.writes.insert(key.clone(), Some(kv));
-                    changed = true;
-                    results.push(OpResult::Put { prev });
-                }
-                Op::Delete { key } => {
-                    let prev = self.get(source, key)?;
-                    if prev.is_some() {
-                        self.writes.insert(key.clone(), None);
-                        changed = true;
-                    }
-                    results.push(OpResult::Delete { prev });
-                }
-                Op::DeletePrefix { prefix } => {
-                    let keys = self.live_keys_with_prefix(source, prefix)?;
-                    changed |= !keys.is_empty();
-                    let deleted = keys.len() as u64;
-                    for key in keys {
-                        self.writes.insert(key, None);
-                    }
-                    results.push(OpResult::DeletePrefix { deleted });
-                }
-            }
+            results.push(self.run_op(source, op, next, &mut changed)?);
         }
         if changed {
             self.revision = next;
         }
         Ok(Response { revision: self.revision, succeeded, results })
+    }
+
+    fn run_op(
+        &mut self,
+        source: &impl KvSource,
+        op: &Op,
+        next: u64,
+        changed: &mut bool,
+    ) -> Result<OpResult, StoreError> {
+        Ok(match op {
+            Op::Put { key, value } => {
+                let prev = self.get(source, key)?;
+                let kv = match &prev {
+                    Some(p) => KeyValue {
+                        value: value.clone(),
+                        create_revision: p.create_revision,
+                        mod_revision: next,
+                        version: p.version + 1,
+                    },
+                    None => KeyValue { value: value.clone(), create_revision: next, mod_revision: next, version: 1 },
+                };
+                self.writes.insert(key.clone(), Some(kv));
+                *changed = true;
+                OpResult::Put { prev }
+            }
+            Op::Delete { key } => {
+                let prev = self.get(source, key)?;
+                if prev.is_some() {
+                    self.writes.insert(key.clone(), None);
+                    *changed = true;
+                }
+                OpResult::Delete { prev }
+            }
+            Op::DeletePrefix { prefix } => {
+                let keys = self.live_keys_with_prefix(source, prefix)?;
+                *changed |= !keys.is_empty();
+                let deleted = keys.len() as u64;
+                for key in keys {
+                    self.writes.insert(key, None);
+                }
+                OpResult::DeletePrefix { deleted }
+            }
+            Op::Guarded { compares, ops } => {
+                for compare in compares {
+                    if !compare.holds(self.get(source, &compare.key)?.as_ref()) {
+                        return Ok(OpResult::Guarded { applied: false, results: Vec::new() });
+                    }
+                }
+                let mut results = Vec::with_capacity(ops.len());
+                for op in ops {
+                    results.push(self.run_op(source, op, next, changed)?);
+                }
+                OpResult::Guarded { applied: true, results }
+            }
+        })
     }
 }
 
@@ -403,6 +444,28 @@ mod tests {
         assert_eq!((n1.create_revision, n1.version, n1.value.as_slice()), (1, 1, b"c".as_slice()));
         let r = run(&mut p, Request::batch(vec![Op::delete_prefix("n/")]));
         assert_eq!(r.results, vec![OpResult::DeletePrefix { deleted: 2 }]);
+        assert_eq!(r.revision, 2);
+    }
+
+    #[test]
+    fn guarded_ops_succeed_or_fail_one_by_one_inside_one_request() {
+        let mut p = PendingWrites::new(0);
+        run(&mut p, Request::batch(vec![Op::put("n/1", "a"), Op::put("n/2", "b")]));
+        let r = run(
+            &mut p,
+            Request::batch(vec![
+                Op::guarded(vec![Compare::mod_revision("n/1", CompareOp::Equal, 1)], vec![Op::put("n/1", "a2")]),
+                Op::guarded(vec![Compare::value("n/2", CompareOp::Equal, "stale")], vec![Op::delete("n/2")]),
+            ]),
+        );
+        assert_eq!(r.revision, 2);
+        assert!(matches!(r.results[0], OpResult::Guarded { applied: true, .. }), "{r:?}");
+        assert_eq!(r.results[1], OpResult::Guarded { applied: false, results: vec![] });
+        assert_eq!(p.writes[b"n/1".as_slice()].clone().expect("kept").value, b"a2");
+        assert!(p.writes[b"n/2".as_slice()].is_some(), "the failed guard deleted nothing");
+        // A request whose every guard fails changes nothing, not even the revision.
+        let r =
+            run(&mut p, Request::batch(vec![Op::guarded(vec![Compare::missing("n/1")], vec![Op::put("n/1", "x")])]));
         assert_eq!(r.revision, 2);
     }
 }

@@ -13,6 +13,7 @@
 
 mod codec;
 mod error;
+pub mod feed;
 pub mod kv;
 mod log_store;
 mod state_machine;
@@ -21,6 +22,7 @@ pub mod types;
 use std::path::{Path, PathBuf};
 
 pub use error::{Access, StoreError};
+pub use feed::{Applied, Change, ChangeFeed, HistoryCompacted};
 pub use kv::{Compare, CompareOp, CompareTarget, KeyValue, Op, OpResult, Request, Response};
 pub use log_store::{LogReader, LogStore, MAX_READ_BYTES};
 pub use state_machine::{KvReader, SnapshotBuilder, StateMachineStore};

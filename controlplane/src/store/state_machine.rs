@@ -21,6 +21,7 @@ use sled::{Batch, IVec, Tree};
 
 use super::codec::{decode, encode};
 use super::error::{printable, Access, StoreError};
+use super::feed::{Applied, Change, ChangeFeed};
 use super::kv::{KeyValue, KvSource, PendingWrites, Response};
 use super::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -68,9 +69,15 @@ struct StoredSnapshot {
 #[derive(Clone)]
 pub struct KvReader {
     tree: Tree,
+    feed: ChangeFeed,
 }
 
 impl KvReader {
+    /// The feed of batches this replica applies.
+    pub fn feed(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
     /// The key's value and revisions, if it exists.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         let raw = self.tree.get(data_key(key)).map_err(|e| StoreError::sled(Access::Read, data_key_name(key), e))?;
@@ -186,7 +193,7 @@ impl StateMachineStore {
         let revision = read_meta(&tree, REVISION)?.unwrap_or(0);
         let snapshot_seq = read_meta(&tree, SNAPSHOT_SEQ)?.unwrap_or(0);
         Ok(StateMachineStore {
-            reader: KvReader { tree },
+            reader: KvReader { tree, feed: ChangeFeed::new() },
             last_applied,
             membership,
             revision,
@@ -339,7 +346,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         flush(self.tree(), "state_machine (apply)").await.map_err(apply_err)?;
         self.last_applied = last_applied;
         self.membership = membership;
+        let changed = pending.revision != self.revision;
         self.revision = pending.revision;
+        if changed {
+            let changes = pending.writes.into_iter().map(|(key, kv)| Change { key, kv }).collect();
+            self.reader.feed.publish(Applied::Changes { revision: self.revision, changes });
+        }
         Ok(responses)
     }
 
@@ -364,6 +376,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let bytes = snapshot.get_ref().len();
         self.replace_with_snapshot(meta, snapshot.into_inner()).map_err(snap_err)?;
         flush(self.tree(), "installed snapshot").await.map_err(snap_err)?;
+        self.reader.feed.publish(Applied::Reset { revision: self.revision });
         tracing::info!(snapshot = ?meta.signature(), bytes, "installed a snapshot from the leader");
         Ok(())
     }
