@@ -15,6 +15,7 @@ use crate::replica::{self, RaftTuning, Replica, ReplicaConfig, ReplicaError};
 use crate::security::bootstrap::{self, InitOptions, ReplicaSpec};
 use crate::security::pki::CA_KEY_FILE;
 use crate::security::{BootstrapTokens, ReplicaConfig as ReplicaFile, ReplicaCredentials, SecurityError};
+use crate::sessions::SessionSettings;
 use crate::store::{Compare, Op, Request};
 
 /// Key prefix of operator token records in the replicated state.
@@ -51,6 +52,8 @@ pub struct ServeOptions {
     pub join: Option<String>,
     /// raft timing.
     pub raft: RaftTuning,
+    /// Node session timing.
+    pub sessions: SessionSettings,
 }
 
 /// Finds the replica folder `opts` points at; initialises a single-replica
@@ -113,6 +116,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         peer_tls: Arc::new(move |host: &str| peer_creds.client_tls(host)),
         bootstrap: file.bootstrap,
         raft: opts.raft,
+        sessions: opts.sessions.clone(),
     };
     tracing::info!(id = file.id, %listen, advertise = %file.listen, dir = %dir.display(), "starting replica");
     let handle = Replica::start(config).await?;

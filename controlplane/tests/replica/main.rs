@@ -8,5 +8,6 @@
 
 mod common;
 mod errors;
+mod sessions;
 mod snapshot;
 mod three_replicas;
