@@ -276,14 +276,14 @@ async fn connect_refuses_callers_without_a_node_certificate_and_nodes_that_are_n
     bad.labels.insert("no spaces allowed".into(), "x".into());
     tx.send(pb::NodeMessage { body: Some(NodeBody::Hello(bad)) }).await.expect("queue");
     let mut client = NodeServiceClient::new(node_channel(&pki, &format!("node-{NODE_A}"), &slot.addr()));
-    let err = client.connect(ReceiverStream::new(out)).await.err().expect("bad hello refused");
+    let err = client.connect(ReceiverStream::new(out)).await.expect_err("bad hello refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("hello.labels"), "{err:?}");
 
     // The first message must be Hello.
     let (tx, out) = mpsc::channel(4);
     tx.send(pb::NodeMessage { body: Some(status(1, pb::NodeState::Idle)) }).await.expect("queue");
-    let err = client.connect(ReceiverStream::new(out)).await.err().expect("no hello refused");
+    let err = client.connect(ReceiverStream::new(out)).await.expect_err("no hello refused");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert_eq!(online_on(&replica, NODE_A), None);
     replica.shutdown().await.expect("shutdown");
