@@ -25,7 +25,7 @@ use tonic::transport::ServerTlsConfig;
 use tonic_health::server::HealthReporter;
 
 pub use client::{Committed, LeaderHint, ReadError, ReplicaClient, WriteError};
-pub use server::{MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS};
+pub use server::{connection_limit, MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS};
 
 use crate::api::node::Enroller;
 use crate::api::{AdminApi, ClusterApi, NodeApi, ReleaseApi};
