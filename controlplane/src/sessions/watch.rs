@@ -60,6 +60,9 @@ fn resync(sessions: &Sessions) {
 
 /// Keys read per range call while scanning session records.
 const SCAN_PAGE: usize = 5000;
+/// Least age of a session before the reconciler repairs its record: under a
+/// connect storm the writer may take seconds to record a connect.
+const RECONCILE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Ops per raft write of the reconciler.
 const WRITE_CHUNK: usize = 5000;
 
@@ -108,6 +111,8 @@ pub(crate) async fn reconcile(sessions: Sessions) {
                 continue;
             }
         }
+        // Changes younger than this may still be in the writer's queue.
+        let grace = (settings.reconcile_every * 2).max(RECONCILE_GRACE).as_millis() as u64;
         let members: Vec<u64> = metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect();
         let dead = |replica: u64| -> bool {
             if replica == me {
@@ -162,16 +167,13 @@ pub(crate) async fn reconcile(sessions: Sessions) {
                                     record.replica_id
                                 )),
                             );
-                        } else {
+                        } else if now_ms().saturating_sub(ours.connected_at_ms) > grace {
                             ops.push(Op::put(session_key(node_id), ours.encode()));
                         }
                     }
                     // Not held here: left over from before a restart, or
                     // written after the stream ended.
-                    None if record.replica_id == me
-                        && now_ms().saturating_sub(record.connected_at_ms)
-                            > settings.reconcile_every.as_millis() as u64 =>
-                    {
+                    None if record.replica_id == me && now_ms().saturating_sub(record.connected_at_ms) > grace => {
                         ops.push(remove());
                     }
                     None if dead(record.replica_id) && leader_since.is_some() => ops.push(remove()),
@@ -185,7 +187,7 @@ pub(crate) async fn reconcile(sessions: Sessions) {
         // Held streams whose record is missing (swept, or never written).
         for (node_id, ours) in held {
             // A stream accepted in the last moments may still be in the writer's queue.
-            if now_ms().saturating_sub(ours.connected_at_ms) > settings.reconcile_every.as_millis() as u64 {
+            if now_ms().saturating_sub(ours.connected_at_ms) > grace {
                 ops.push(Op::put(session_key(&node_id), ours.encode()));
             }
         }
