@@ -42,6 +42,8 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const OUTBOUND_QUEUE: usize = 64;
 /// Heartbeats remembered while waiting for their acks.
 const MAX_OUTSTANDING_HEARTBEATS: usize = 64;
+/// How long the server gets to end its side of the stream when the client stops.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long a running upgrader may take to stop when the client stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -375,9 +377,9 @@ impl<T: Transport> Session<T> {
             .map_err(|_| timed_out("waiting for the Connect response"))?
             .map_err(|status| rpc_error(endpoint, &status))?;
         let mut inbound = response.into_inner();
-        let mut last_sent_seq = 0;
+        // Everything recorded so far is acknowledged or resent right here.
+        let last_sent_seq = snapshot.next_seq.saturating_sub(1);
         for update in snapshot.unacked {
-            last_sent_seq = update.seq;
             self.send(endpoint, &tx, Out::Status(update)).await?;
             self.metrics.count_status_sent();
         }
@@ -418,7 +420,13 @@ impl<T: Transport> Session<T> {
             let liveness_deadline = last_ack + timing.liveness_timeout;
             let progress_pending = events.progress.lock().unwrap_or_else(PoisonError::into_inner).is_some();
             let progress_at = progress_sent.map_or(up_since, |t| t + timing.progress_interval);
-            let event = tokio::select! {
+            // Checked here as well as through `wake`, so an update recorded
+            // while another event was handled is never left unsent.
+            let restart_requested = events.restart.lock().unwrap_or_else(PoisonError::into_inner).is_some();
+            let event = if self.node.log.last_seq() > last_sent_seq || restart_requested {
+                Event::Wake
+            } else {
+                tokio::select! {
                 biased;
                 _ = stopped(shutdown) => Event::Shutdown,
                 inbound = inbound.message() => Event::Inbound(inbound),
@@ -426,9 +434,13 @@ impl<T: Transport> Session<T> {
                 _ = sleep_until(liveness_deadline.into()) => Event::Silent,
                 _ = events.wake.notified() => Event::Wake,
                 _ = sleep_until(progress_at.into()), if progress_pending => Event::ProgressDue,
+                }
             };
             let outcome = match event {
-                Event::Shutdown => return StreamEnd::Shutdown,
+                Event::Shutdown => {
+                    self.close(tx, inbound).await;
+                    return StreamEnd::Shutdown;
+                }
                 Event::Silent => {
                     Err(SessionError::Timeout { endpoint: endpoint.into(), what: "waiting for a HeartbeatAck" })
                 }
@@ -481,8 +493,10 @@ impl<T: Transport> Session<T> {
                 }
                 Event::Wake | Event::ProgressDue => {
                     let mut result = Ok(());
-                    for update in self.node.log.unacked_after(last_sent_seq) {
-                        last_sent_seq = update.seq;
+                    let (pending, last_seq) = self.node.log.unacked_after(last_sent_seq);
+                    // Updates dropped from a full log are never sent; skip past them too.
+                    last_sent_seq = last_seq;
+                    for update in pending {
                         self.metrics.count_status_sent();
                         result = self.send(endpoint, &tx, Out::Status(update)).await;
                         if result.is_err() {
@@ -508,6 +522,23 @@ impl<T: Transport> Session<T> {
                 return failed(error);
             }
         }
+    }
+
+    /// Ends the stream from our side (END_STREAM) and reads what the server
+    /// still sends until it ends its side too, within [`CLOSE_GRACE`]; late
+    /// StatusAcks still drop their updates.
+    async fn close(&self, tx: mpsc::Sender<pb::NodeMessage>, mut inbound: Streaming<pb::ServerMessage>) {
+        drop(tx);
+        let drain = async {
+            while let Ok(Some(message)) = inbound.message().await {
+                if let Some(In::StatusAck(ack)) = message.body {
+                    if let Err(e) = self.on_status_ack(ack.seq) {
+                        tracing::warn!(node = %self.settings.name, error = %e, "cannot record a StatusAck");
+                    }
+                }
+            }
+        };
+        let _ = timeout(CLOSE_GRACE, drain).await;
     }
 
     /// Queues one message within the send timeout.

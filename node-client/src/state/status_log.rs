@@ -200,9 +200,18 @@ impl SharedStatusLog {
         self.lock().accept_generation(generation)
     }
 
-    /// Unacknowledged updates with a seq above `after`, oldest first.
-    pub fn unacked_after(&self, after: u64) -> Vec<pb::StatusUpdate> {
-        self.lock().state().unacked.iter().filter(|u| u.seq > after).cloned().collect()
+    /// Unacknowledged updates with a seq above `after`, oldest first, and
+    /// the last seq handed out.
+    pub fn unacked_after(&self, after: u64) -> (Vec<pb::StatusUpdate>, u64) {
+        let log = self.lock();
+        let state = log.state();
+        let pending = state.unacked.iter().filter(|u| u.seq > after).cloned().collect();
+        (pending, state.next_seq.saturating_sub(1))
+    }
+
+    /// The last seq handed out (0 before the first update).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().state().next_seq.saturating_sub(1)
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Fleet {
     streams: Mutex<HashMap<String, mpsc::Sender<Result<pb::ServerMessage, Status>>>>,
     pub endpoints: Mutex<Vec<String>>,
     pub config: Mutex<pb::NodeConfig>,
+    /// Streams the node ended: (server, node, ended cleanly rather than with an error).
+    pub closed: Mutex<Vec<(u64, String, bool)>>,
 }
 
 impl Fleet {
@@ -78,6 +80,7 @@ impl Fleet {
             streams: Mutex::default(),
             endpoints: Mutex::default(),
             config: Mutex::new(node_config(Duration::from_secs(1), Duration::from_secs(5))),
+            closed: Mutex::default(),
         })
     }
 
@@ -200,7 +203,15 @@ impl NodeService for Replica {
                     }
                     message = inbound.message() => match message {
                         Ok(Some(message)) => message,
-                        _ => break,
+                        end => {
+                            fleet.closed.lock().expect("lock").push((id, node.clone(), end.is_ok()));
+                            // Ends our side too: drop every sender of this stream.
+                            let mut streams = fleet.streams.lock().expect("lock");
+                            if streams.get(&node).is_some_and(|t| t.same_channel(&tx)) {
+                                streams.remove(&node);
+                            }
+                            break;
+                        }
                     },
                 };
                 let reply = match &message.body {
