@@ -103,6 +103,9 @@ async fn run_keeps_a_session_and_stops_cleanly_on_sigterm() {
             .any(|r| r.node == NODE && r.hello().is_some_and(|h| h.labels.get("site").is_some_and(|s| s == "lab-2")))
     };
     assert!(fleet.wait_until(LIMIT, said_hello).await, "the service connected and said hello");
+    // A heartbeat means the stream is fully up (NodeConfig received).
+    let beat = |r: &[support::Received]| r.iter().any(|r| r.node == NODE && r.heartbeat().is_some());
+    assert!(fleet.wait_until(LIMIT, beat).await, "the service heartbeats");
 
     let pid = Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid fits"));
     kill(pid, Signal::SIGTERM).expect("SIGTERM");
@@ -115,5 +118,48 @@ async fn run_keeps_a_session_and_stops_cleanly_on_sigterm() {
     }
     let closed = fleet.closed.lock().expect("lock").clone();
     assert!(closed.iter().any(|(_, node, clean)| node == NODE && *clean), "ended with END_STREAM: {closed:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_runs_for_its_duration_and_writes_the_json_report() {
+    let fleet = Fleet::new();
+    let server = FakeServer::start(&fleet, 1, Behaviour::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &fleet.ca_pem).expect("ca");
+    let report = dir.path().join("report.json");
+    let mut command = bin();
+    command.args(["simulate", "--server", &server.url, "--count", "5", "--duration", "3s", "--storm-after", "100ms"]);
+    command.arg("--ca-file").arg(&ca_file).arg("--report").arg(&report).env("KAIROS_FLEET_TOKEN", TOKEN);
+    let out = tokio::time::timeout(LIMIT, command.output()).await.expect("finishes").expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let text_report = std::fs::read_to_string(&report).expect("report");
+    assert_eq!(text_report.matches("\"connected\"").count(), 1, "no duplicate keys: {text_report}");
+    let json: serde_json::Value = serde_json::from_str(&text_report).expect("JSON");
+    assert_eq!(json["count"], 5);
+    assert_eq!(json["enrolled"], 5);
+    assert_eq!(json["connected"], 5);
+    assert!(json["time_to_all_connected_ms"].is_u64(), "{json}");
+    assert!(json["duration_ms"].as_u64().is_some_and(|ms| ms >= 3000), "{json}");
+    assert_eq!(json["storm"]["nodes"], 5, "{json}");
+    assert_eq!(json["storm"]["state"], "downloading", "{json}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_with_a_bad_token_exits_3() {
+    let fleet = Fleet::new();
+    let server = FakeServer::start(&fleet, 1, Behaviour::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &fleet.ca_pem).expect("ca");
+    let mut command = bin();
+    command.args(["simulate", "--server", &server.url, "--count", "3", "--token", "kft_wrong"]);
+    command.arg("--ca-file").arg(&ca_file);
+    let out = tokio::time::timeout(LIMIT, command.output()).await.expect("finishes").expect("runs");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("unknown enroll token"), "{}", text(&out.stderr));
     server.shutdown().await;
 }

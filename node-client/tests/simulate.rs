@@ -91,7 +91,7 @@ async fn fifty_virtual_nodes_enroll_connect_and_cover_every_seed_flavor() {
     let _ = stop.send(true);
     let report = tokio::time::timeout(LIMIT, sim.finish()).await.expect("stops in time").expect("report");
     assert_eq!((report.count, report.enrolled, report.enroll_failures), (COUNT, COUNT as u64, 0));
-    assert_eq!(report.connected, COUNT as u64);
+    assert_eq!(report.sessions.connected, COUNT as u64);
     let json = serde_json::to_value(&report).expect("json");
     for key in
         ["count", "connected", "time_to_all_connected_ms", "heartbeats_acked", "rtt_p99_ms", "reconnects", "storm"]

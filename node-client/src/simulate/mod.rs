@@ -106,13 +106,12 @@ pub struct SimulationReport {
     pub enrolled: u64,
     /// Nodes refused or failing enrollment.
     pub enroll_failures: u64,
-    /// Nodes with a stream up at the end.
-    pub connected: u64,
     /// From start until every node had a stream up.
     pub time_to_all_connected_ms: Option<u64>,
     /// How long the simulation ran.
     pub duration_ms: u64,
-    /// Session counters summed over all nodes.
+    /// Session counters summed over all nodes; `connected` is the number
+    /// of nodes with a stream up at the end.
     #[serde(flatten)]
     pub sessions: SessionStats,
     /// The status storm, when one was sent.
@@ -374,7 +373,6 @@ async fn drive(
         count: options.count,
         enrolled: shared.counts.enrolled.load(Relaxed),
         enroll_failures: shared.counts.failed.load(Relaxed),
-        connected: stats.connected,
         time_to_all_connected_ms: all_connected.map(millis),
         duration_ms: millis(started.elapsed()),
         sessions: stats,
