@@ -58,7 +58,7 @@ pub enum Command {
 /// `enroll` options.
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
-    /// Endpoint of any replica, e.g. https://fleet-1.example:7443.
+    /// Endpoint of any replica, e.g. `https://fleet-1.example:7443`.
     #[arg(long)]
     pub server: String,
     /// Enroll token secret (better passed in the environment than on the command line).

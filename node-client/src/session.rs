@@ -26,13 +26,17 @@ use tonic::transport::Channel;
 use tonic::Streaming;
 
 use crate::hello::HelloSource;
-use crate::local::LocalError;
-use crate::state::{SharedStatusLog, StateError};
+use crate::state::SharedStatusLog;
 use crate::upgrader::{Reporter, Upgrader};
 
+mod error;
+mod handle;
 mod metrics;
 mod timing;
 
+pub use error::SessionError;
+use handle::Events;
+pub use handle::NodeHandle;
 pub use metrics::{SessionMetrics, SessionStats};
 pub use timing::{Backoff, StreamTiming};
 
@@ -46,57 +50,6 @@ const MAX_OUTSTANDING_HEARTBEATS: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long a running upgrader may take to stop when the client stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Why a stream could not be opened or ended.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// TCP, TLS or HTTP/2 connection failed.
-    #[error("{endpoint}: cannot connect: {message}")]
-    Connect {
-        /// The endpoint.
-        endpoint: String,
-        /// What failed.
-        message: String,
-    },
-    /// A network await took too long.
-    #[error("{endpoint}: timed out {what}")]
-    Timeout {
-        /// The endpoint.
-        endpoint: String,
-        /// What the session was waiting for.
-        what: &'static str,
-    },
-    /// The server answered with an error status.
-    #[error("{endpoint}: {code:?}: {message}")]
-    Rpc {
-        /// The endpoint.
-        endpoint: String,
-        /// The gRPC status code.
-        code: tonic::Code,
-        /// The server's message.
-        message: String,
-    },
-    /// The server broke the protocol (e.g. did not start with NodeConfig).
-    #[error("{endpoint}: protocol: {rule}")]
-    Protocol {
-        /// The endpoint.
-        endpoint: String,
-        /// The rule it broke.
-        rule: String,
-    },
-    /// The stream ended.
-    #[error("{endpoint}: the stream was closed")]
-    Closed {
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// The node's own facts could not be read for the Hello.
-    #[error("reading the node's facts: {0}")]
-    Local(#[from] LocalError),
-    /// The status log could not be written.
-    #[error("status log: {0}")]
-    State(#[from] StateError),
-}
 
 /// Opens channels to endpoints; the seam that lets tests point the session
 /// anywhere. The session bounds the call with its own timeout.
@@ -139,63 +92,6 @@ impl SessionSettings {
             config_timeout: Duration::from_secs(15),
             send_timeout: Duration::from_secs(10),
         }
-    }
-}
-
-/// What the session and those reporting through it share.
-struct Events {
-    /// Something to send: a new status, progress, or a restart request.
-    wake: Notify,
-    /// Newest progress not yet sent.
-    progress: Mutex<Option<pb::Progress>>,
-    /// A requested stream restart and the downtime before reconnecting.
-    restart: Mutex<Option<Duration>>,
-    /// Counts streams that received their NodeConfig.
-    epoch: watch::Sender<u64>,
-}
-
-/// A handle to a session's outbound side: record status, offer progress,
-/// restart the stream. Cheap to clone.
-#[derive(Clone)]
-pub struct NodeHandle {
-    log: SharedStatusLog,
-    events: Arc<Events>,
-}
-
-impl NodeHandle {
-    /// The session's status log.
-    pub fn log(&self) -> &SharedStatusLog {
-        &self.log
-    }
-
-    /// Records `update` durably (it gets the next seq) and wakes the session
-    /// to send it; it is resent on every new stream until acknowledged.
-    pub fn report(&self, update: pb::StatusUpdate) -> Result<pb::StatusUpdate, StateError> {
-        let update = self.log.record(update)?;
-        self.events.wake.notify_one();
-        Ok(update)
-    }
-
-    /// Offers progress; only the newest is kept.
-    pub fn progress(&self, progress: pb::Progress) {
-        *self.events.progress.lock().unwrap_or_else(PoisonError::into_inner) = Some(progress);
-        self.events.wake.notify_one();
-    }
-
-    /// Closes the current stream, waits `downtime`, reconnects; resolves
-    /// once a new stream is up (true) or after `limit` (false).
-    pub async fn restart_stream(&self, downtime: Duration, limit: Duration) -> bool {
-        let mut epoch = self.events.epoch.subscribe();
-        let before = *epoch.borrow_and_update();
-        *self.events.restart.lock().unwrap_or_else(PoisonError::into_inner) = Some(downtime);
-        self.events.wake.notify_one();
-        let up = matches!(timeout(limit, epoch.wait_for(|e| *e > before)).await, Ok(Ok(_)));
-        up
-    }
-
-    /// Number of streams that got their NodeConfig so far; changes on each.
-    pub fn streams(&self) -> watch::Receiver<u64> {
-        self.events.epoch.subscribe()
     }
 }
 

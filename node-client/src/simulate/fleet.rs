@@ -27,9 +27,10 @@ use crate::CLIENT_VERSION;
 const RELEASES: [(u64, u64, u64); 3] = [(1, 6, 0), (1, 5, 1), (1, 5, 0)];
 /// k3s of the standard images, as the seed spells it.
 const K3S_VERSION: &str = "k3sv1.26.1-k3s1";
-/// Standard nodes per simulated k3s cluster, and how many of them are servers.
-const CLUSTER_SIZE: usize = 10;
-const SERVERS_PER_CLUSTER: usize = 3;
+/// Standard nodes per simulated k3s cluster.
+pub const CLUSTER_SIZE: usize = 10;
+/// Server nodes per simulated k3s cluster (an HA control plane).
+pub const SERVERS_PER_CLUSTER: usize = 3;
 
 /// The machine id of virtual node `index` under `seed`: 32 lowercase hex
 /// digits, the same on every run with the same seed.
