@@ -1,0 +1,464 @@
+//! `simulate`: N virtual nodes in one process, each with its own key pair,
+//! enrollment, mTLS connection and [`Session`] — the same session code as
+//! `run` — with an in-memory status log and a simulated upgrader.
+//!
+//! Enrollment and connection are each limited to `concurrency` in flight,
+//! so thousands of nodes start smoothly. A progress line goes to stderr
+//! every [`PROGRESS_EVERY`]; the end (duration elapsed or shutdown) yields
+//! a [`SimulationReport`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use kairos_fleet_proto::fleet::v1 as pb;
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, timeout};
+use tonic::transport::Channel;
+
+use crate::enroll::{enroll_over, EnrollError, EnrollParams, NodeKey};
+use crate::session::{NodeHandle, Session, SessionMetrics, SessionSettings, SessionStats};
+use crate::state::{rfc3339_of, SharedStatusLog};
+use crate::tls::{enroll_endpoint, TlsTransport};
+
+pub mod fleet;
+pub mod storm;
+pub mod upgrade;
+
+pub use fleet::{machine_id, virtual_identity, VirtualMachine};
+pub use storm::{parse_storm_state, SimStatusLog, StormTracker, STORM_ROLLOUT};
+pub use upgrade::SimulatedUpgrader;
+
+/// How often the progress line is printed.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Enrollment attempts per node for errors other than a refusal.
+const ENROLL_ATTEMPTS: u32 = 5;
+/// File descriptors the process needs besides one per virtual node.
+const FD_HEADROOM: u64 = 128;
+/// How long sessions get to close their streams at the end.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    /// Server endpoints; each node connects to a random one.
+    pub servers: Vec<String>,
+    /// Enroll token secret (must allow `count` uses).
+    pub token: String,
+    /// Number of virtual nodes.
+    pub count: usize,
+    /// CA certificate(s), PEM, to trust for the servers.
+    pub ca_pem: String,
+    /// Seed of machine ids and endpoint choice.
+    pub seed: u64,
+    /// Stop after this long; None = until shutdown.
+    pub duration: Option<Duration>,
+    /// Status storm this long after all nodes are connected.
+    pub storm_after: Option<Duration>,
+    /// State of the storm update.
+    pub storm_state: pb::NodeState,
+    /// Time each simulated upgrade step takes.
+    pub upgrade_step: Duration,
+    /// Enrollments and connection handshakes in flight at once.
+    pub concurrency: usize,
+    /// Print the progress line to stderr.
+    pub progress: bool,
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// Invalid options; names the option.
+    #[error("{option}: {rule}")]
+    Usage {
+        /// The option, e.g. `--count`.
+        option: &'static str,
+        /// The rule it broke.
+        rule: String,
+    },
+    /// The server refused enrollment (bad or used-up token).
+    #[error("{0}")]
+    Refused(EnrollError),
+}
+
+/// The storm part of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    /// State every node reported.
+    pub state: String,
+    /// When the storm was sent (RFC 3339).
+    pub sent_at: String,
+    /// Nodes that reported.
+    pub nodes: u64,
+    /// Storm updates acknowledged by the end.
+    pub acked: u64,
+    /// Time from the storm until every storm update was acknowledged.
+    pub all_acked_ms: Option<u64>,
+}
+
+/// The JSON summary of a simulation.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulationReport {
+    /// Virtual nodes asked for.
+    pub count: usize,
+    /// Nodes enrolled.
+    pub enrolled: u64,
+    /// Nodes refused or failing enrollment.
+    pub enroll_failures: u64,
+    /// From start until every node had a stream up.
+    pub time_to_all_connected_ms: Option<u64>,
+    /// How long the simulation ran.
+    pub duration_ms: u64,
+    /// Session counters summed over all nodes; `connected` is the number
+    /// of nodes with a stream up at the end.
+    #[serde(flatten)]
+    pub sessions: SessionStats,
+    /// The status storm, when one was sent.
+    pub storm: Option<StormReport>,
+}
+
+/// Checks `/proc/self/limits`: each virtual node holds one connection, so
+/// the open-file limit must exceed the count (raising it would need libc).
+pub fn check_open_files(count: usize) -> Result<(), SimulateError> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/limits") else { return Ok(()) };
+    let Some(line) = text.lines().find(|l| l.starts_with("Max open files")) else { return Ok(()) };
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let (Some(soft), hard) = (fields.next(), fields.next().unwrap_or("unknown")) else { return Ok(()) };
+    let Ok(soft) = soft.parse::<u64>() else { return Ok(()) }; // "unlimited"
+    let needed = u64::try_from(count).unwrap_or(u64::MAX).saturating_add(FD_HEADROOM);
+    if needed > soft {
+        return Err(SimulateError::Usage {
+            option: "--count",
+            rule: format!(
+                "{count} virtual nodes need about {needed} open files (one connection each) but the open-file \
+                 limit is {soft} (hard limit {hard}); raise it in this shell with `ulimit -n {needed}` or lower --count"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// One virtual node's enrollment: returns its session parts, or why not.
+async fn enroll_node(
+    machine: &VirtualMachine,
+    channel: Channel,
+    server: &str,
+    token: &str,
+) -> Result<crate::enroll::Enrolled, EnrollError> {
+    let params = EnrollParams {
+        token: token.to_string(),
+        machine_id: machine.machine_id.clone(),
+        identity: machine.pb_identity(),
+        hostname: machine.hostname.clone(),
+    };
+    let mut attempt = 0;
+    loop {
+        let key = NodeKey::generate(&machine.machine_id)?;
+        match enroll_over(channel.clone(), server, key, &params).await {
+            Ok(enrolled) => return Ok(enrolled),
+            Err(e) if e.is_refusal() || attempt + 1 >= ENROLL_ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::debug!(node = %machine.machine_id, error = %e, "enrollment failed; retrying");
+                attempt += 1;
+                sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+            }
+        }
+    }
+}
+
+/// Progress counters of the enrollment phase.
+#[derive(Default)]
+struct EnrollCounts {
+    enrolled: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+/// Counters shared by the driver, the virtual nodes and [`Simulation::live`].
+#[derive(Default)]
+struct Shared {
+    metrics: Arc<SessionMetrics>,
+    tracker: Arc<StormTracker>,
+    counts: EnrollCounts,
+}
+
+/// Counters of a running simulation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveCounts {
+    /// Nodes enrolled so far.
+    pub enrolled: u64,
+    /// Nodes whose enrollment failed.
+    pub enroll_failures: u64,
+    /// Storm updates acknowledged so far.
+    pub storm_acked: u64,
+    /// Session counters.
+    pub sessions: SessionStats,
+}
+
+/// A running simulation.
+pub struct Simulation {
+    shared: Arc<Shared>,
+    driver: tokio::task::JoinHandle<Result<SimulationReport, SimulateError>>,
+}
+
+impl Simulation {
+    /// Checks `options` and starts the virtual nodes; the simulation ends
+    /// when `duration` elapses, `shutdown` turns true, or the server refuses
+    /// enrollment.
+    pub fn start(options: SimulateOptions, shutdown: watch::Receiver<bool>) -> Result<Simulation, SimulateError> {
+        let usage = |option, rule: String| SimulateError::Usage { option, rule };
+        if options.count == 0 {
+            return Err(usage("--count", "must be at least 1".into()));
+        }
+        if options.servers.is_empty() {
+            return Err(usage("--server", "name at least one endpoint".into()));
+        }
+        check_open_files(options.count)?;
+        kairos_controlplane::security::install_crypto_provider();
+        // Enrollment needs no client certificate: one shared channel per server.
+        let enroll_channels = options
+            .servers
+            .iter()
+            .map(|url| enroll_endpoint(url, &options.ca_pem).map(|e| e.connect_lazy()))
+            .collect::<Result<Vec<Channel>, _>>()
+            .map_err(|e| usage("--server", e.to_string()))?;
+        let shared = Arc::new(Shared::default());
+        let driver = tokio::spawn(drive(options, enroll_channels, Arc::clone(&shared), shutdown));
+        Ok(Simulation { shared, driver })
+    }
+
+    /// The counters now.
+    pub fn live(&self) -> LiveCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        LiveCounts {
+            enrolled: self.shared.counts.enrolled.load(Relaxed),
+            enroll_failures: self.shared.counts.failed.load(Relaxed),
+            storm_acked: self.shared.tracker.acked(),
+            sessions: self.shared.metrics.stats(),
+        }
+    }
+
+    /// Waits for the end and returns the report.
+    pub async fn finish(self) -> Result<SimulationReport, SimulateError> {
+        self.driver
+            .await
+            .map_err(|e| SimulateError::Usage { option: "simulate", rule: format!("the driver failed: {e}") })?
+    }
+}
+
+/// Runs a simulation until `duration` elapses or `shutdown` turns true.
+pub async fn run_simulation(
+    options: SimulateOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SimulationReport, SimulateError> {
+    Simulation::start(options, shutdown)?.finish().await
+}
+
+/// Starts every virtual node, prints progress, sends the storm, and
+/// stops the nodes at the end.
+async fn drive(
+    options: SimulateOptions,
+    enroll_channels: Vec<Channel>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SimulationReport, SimulateError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let started = Instant::now();
+    let enroll_gate = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let connect_gate = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let (stop, stopped) = watch::channel(false);
+    let (handles_tx, mut handles_rx) = tokio::sync::mpsc::unbounded_channel::<NodeHandle>();
+    let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel::<EnrollError>(1);
+    let mut rng = fastrand::Rng::with_seed(options.seed);
+    let mut tasks = JoinSet::new();
+    for index in 0..options.count {
+        let server = rng.usize(..options.servers.len());
+        let machine = Arc::new(VirtualMachine::new(options.seed, index, Duration::from_secs(rng.u64(60..86_400))));
+        let (options, channel, shared) = (options.clone(), enroll_channels[server].clone(), Arc::clone(&shared));
+        let (enroll_gate, connect_gate) = (Arc::clone(&enroll_gate), Arc::clone(&connect_gate));
+        let (stopped, handles_tx, refused_tx) = (stopped.clone(), handles_tx.clone(), refused_tx.clone());
+        tasks.spawn(async move {
+            let url = &options.servers[server];
+            let enrolled = {
+                let Ok(_permit) = enroll_gate.acquire().await else { return };
+                enroll_node(&machine, channel, url, &options.token).await
+            };
+            let enrolled = match enrolled {
+                Ok(enrolled) => enrolled,
+                Err(e) => {
+                    shared.counts.failed.fetch_add(1, Relaxed);
+                    tracing::warn!(node = %machine.machine_id, error = %e, "enrollment failed");
+                    if e.is_refusal() {
+                        let _ = refused_tx.try_send(e);
+                    }
+                    return;
+                }
+            };
+            shared.counts.enrolled.fetch_add(1, Relaxed);
+            let mut settings = SessionSettings::new(enrolled.enrollment.node_id.clone(), options.servers.clone());
+            settings.first_endpoint = server;
+            let upgrader = SimulatedUpgrader::new(Arc::clone(&machine), options.upgrade_step);
+            let session = Session::new(
+                TlsTransport::new(enrolled.credentials),
+                settings,
+                machine,
+                SharedStatusLog::new(SimStatusLog::new(Arc::clone(&shared.tracker))),
+                Arc::new(upgrader),
+            )
+            .with_metrics(Arc::clone(&shared.metrics))
+            .with_connect_gate(connect_gate);
+            let _ = handles_tx.send(session.handle());
+            session.run(stopped).await;
+        });
+    }
+    drop((handles_tx, refused_tx));
+
+    let count = u64::try_from(options.count).unwrap_or(u64::MAX);
+    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut connected = shared.metrics.watch_connected();
+    let mut storm_acked = shared.tracker.watch_acked();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    let mut all_connected: Option<Duration> = None;
+    let mut storm_at: Option<tokio::time::Instant> = None;
+    let mut storm: Option<(Instant, StormReport)> = None;
+    let mut handles: Vec<NodeHandle> = Vec::with_capacity(options.count);
+    let mut refused = None;
+    loop {
+        let storm_awaiting_acks = storm.as_ref().filter(|(_, s)| s.all_acked_ms.is_none()).map(|(_, s)| s.nodes);
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => break,
+            Some(e) = refused_rx.recv() => {
+                refused = Some(e);
+                break;
+            }
+            Some(handle) = handles_rx.recv() => handles.push(handle),
+            _ = ticker.tick() => if options.progress {
+                let storm = storm.as_ref().map(|(_, s)| (shared.tracker.acked(), s.nodes));
+                eprintln!("{}", progress_line(started.elapsed(), count, &shared.counts, &shared.metrics.stats(), storm));
+            },
+            _ = connected.wait_for(|c| *c >= count), if all_connected.is_none() => {
+                all_connected = Some(started.elapsed());
+                storm_at = options.storm_after.map(|d| tokio::time::Instant::now() + d);
+            }
+            _ = sleep_until(storm_at.unwrap_or_else(far_future)), if storm_at.is_some() && storm.is_none() => {
+                // Nodes connect only after their handle was queued: all are here.
+                while let Ok(handle) = handles_rx.try_recv() {
+                    handles.push(handle);
+                }
+                storm = Some(send_storm(&handles, options.storm_state));
+            }
+            _ = storm_acked.wait_for(|n| storm_awaiting_acks.is_some_and(|nodes| *n >= nodes)),
+                if storm_awaiting_acks.is_some() => {
+                if let Some((sent, report)) = storm.as_mut() {
+                    report.all_acked_ms = Some(millis(sent.elapsed()));
+                }
+            }
+        }
+    }
+    let stats = shared.metrics.stats();
+    let _ = stop.send(true);
+    if timeout(STOP_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tasks.shutdown().await;
+    }
+    if let Some(e) = refused {
+        return Err(SimulateError::Refused(e));
+    }
+    let storm = storm.map(|(_, mut report)| {
+        report.acked = shared.tracker.acked();
+        report
+    });
+    Ok(SimulationReport {
+        count: options.count,
+        enrolled: shared.counts.enrolled.load(Relaxed),
+        enroll_failures: shared.counts.failed.load(Relaxed),
+        time_to_all_connected_ms: all_connected.map(millis),
+        duration_ms: millis(started.elapsed()),
+        sessions: stats,
+        storm,
+    })
+}
+
+/// Every node records one storm update now.
+fn send_storm(handles: &[NodeHandle], state: pb::NodeState) -> (Instant, StormReport) {
+    let sent_at = SystemTime::now();
+    let sent = Instant::now();
+    let observed_at = prost_types::Timestamp::from(sent_at);
+    let mut nodes = 0;
+    for handle in handles {
+        let mut update = pb::StatusUpdate {
+            rollout_id: STORM_ROLLOUT.to_string(),
+            observed_at: Some(observed_at),
+            message: "simulated status storm".to_string(),
+            ..Default::default()
+        };
+        update.set_state(state);
+        match handle.report(update) {
+            Ok(_) => nodes += 1,
+            Err(e) => tracing::warn!(error = %e, "cannot record the storm update"),
+        }
+    }
+    let report = StormReport {
+        state: state.as_str_name().trim_start_matches("NODE_STATE_").to_ascii_lowercase(),
+        sent_at: rfc3339_of(&observed_at).unwrap_or_default(),
+        nodes,
+        acked: 0,
+        all_acked_ms: None,
+    };
+    (sent, report)
+}
+
+fn progress_line(
+    elapsed: Duration,
+    count: u64,
+    counts: &EnrollCounts,
+    stats: &SessionStats,
+    storm: Option<(u64, u64)>,
+) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut line = format!(
+        "[{:>5}s] enrolled {}/{count} (failed {}) connected {} reconnects {} heartbeats {}/{} rtt p50 {:.1} ms p99 {:.1} ms",
+        elapsed.as_secs(),
+        counts.enrolled.load(Relaxed),
+        counts.failed.load(Relaxed),
+        stats.connected,
+        stats.reconnects,
+        stats.heartbeats_acked,
+        stats.heartbeats_sent,
+        stats.rtt_p50_ms,
+        stats.rtt_p99_ms,
+    );
+    if let Some((acked, nodes)) = storm {
+        line.push_str(&format!(" storm acked {acked}/{nodes}"));
+    }
+    line
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_file_limit_check_names_ulimit() {
+        // Far beyond any real limit.
+        match check_open_files(usize::MAX / 2) {
+            Err(SimulateError::Usage { option, rule }) => {
+                assert_eq!(option, "--count");
+                assert!(rule.contains("ulimit -n"), "{rule}");
+            }
+            // An unlimited open-file limit is fine too.
+            Ok(()) => {}
+            Err(other) => panic!("{other}"),
+        }
+        assert!(check_open_files(1).is_ok());
+    }
+}

@@ -1,0 +1,118 @@
+//! Status storms: every virtual node reports one update at the same moment,
+//! and the simulator measures how long until the control plane has
+//! acknowledged all of them.
+
+use std::sync::Arc;
+
+use kairos_fleet_proto::fleet::v1 as pb;
+use tokio::sync::watch;
+
+use crate::state::{MemoryStatusLog, StateError, StatusLog, StatusLogState};
+
+/// Rollout id of storm updates.
+pub const STORM_ROLLOUT: &str = "storm";
+
+/// Counts storm updates acknowledged across every virtual node.
+#[derive(Debug)]
+pub struct StormTracker {
+    acked: watch::Sender<u64>,
+}
+
+impl Default for StormTracker {
+    fn default() -> Self {
+        StormTracker { acked: watch::channel(0).0 }
+    }
+}
+
+impl StormTracker {
+    /// Follows the number of acknowledged storm updates.
+    pub fn watch_acked(&self) -> watch::Receiver<u64> {
+        self.acked.subscribe()
+    }
+
+    /// Storm updates acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        *self.acked.borrow()
+    }
+}
+
+/// A virtual node's in-memory status log that notices when its storm
+/// update gets acknowledged.
+#[derive(Debug)]
+pub struct SimStatusLog {
+    inner: MemoryStatusLog,
+    tracker: Arc<StormTracker>,
+    storm_seq: Option<u64>,
+}
+
+impl SimStatusLog {
+    /// An empty log reporting storm acks to `tracker`.
+    pub fn new(tracker: Arc<StormTracker>) -> Self {
+        SimStatusLog { inner: MemoryStatusLog::new(), tracker, storm_seq: None }
+    }
+}
+
+impl StatusLog for SimStatusLog {
+    fn state(&self) -> &StatusLogState {
+        self.inner.state()
+    }
+
+    fn record(&mut self, update: pb::StatusUpdate) -> Result<pb::StatusUpdate, StateError> {
+        let update = self.inner.record(update)?;
+        if update.rollout_id == STORM_ROLLOUT {
+            self.storm_seq = Some(update.seq);
+        }
+        Ok(update)
+    }
+
+    fn acknowledge(&mut self, seq: u64) -> Result<usize, StateError> {
+        let dropped = self.inner.acknowledge(seq)?;
+        if self.storm_seq.is_some_and(|storm| self.inner.state().acked_through >= storm) {
+            self.storm_seq = None;
+            self.tracker.acked.send_modify(|n| *n += 1);
+        }
+        Ok(dropped)
+    }
+
+    fn accept_generation(&mut self, generation: u64) -> Result<bool, StateError> {
+        self.inner.accept_generation(generation)
+    }
+}
+
+/// Parses a storm state name such as `downloading` or `healthy`.
+pub fn parse_storm_state(name: &str) -> Result<pb::NodeState, String> {
+    let wire = format!("NODE_STATE_{}", name.trim().to_ascii_uppercase().replace('-', "_"));
+    match pb::NodeState::from_str_name(&wire) {
+        Some(pb::NodeState::Unspecified) | None => Err(format!(
+            "{name:?}: expected one of idle, downloading, verifying, installing, rebooting, healthy, failed, rolled_back"
+        )),
+        Some(state) => Ok(state),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storm_ack_is_counted_once_when_covered() {
+        let tracker = Arc::new(StormTracker::default());
+        let mut log = SimStatusLog::new(Arc::clone(&tracker));
+        log.record(pb::StatusUpdate::default()).expect("record");
+        let storm = log.record(pb::StatusUpdate { rollout_id: STORM_ROLLOUT.into(), ..Default::default() });
+        assert_eq!(storm.expect("record").seq, 2);
+        log.acknowledge(1).expect("ack");
+        assert_eq!(tracker.acked(), 0);
+        log.acknowledge(2).expect("ack");
+        log.acknowledge(2).expect("ack again");
+        assert_eq!(tracker.acked(), 1);
+    }
+
+    #[test]
+    fn storm_states_parse_by_their_short_names() {
+        assert_eq!(parse_storm_state("downloading"), Ok(pb::NodeState::Downloading));
+        assert_eq!(parse_storm_state("rolled-back"), Ok(pb::NodeState::RolledBack));
+        assert!(parse_storm_state("unspecified").is_err());
+        assert!(parse_storm_state("exploding").is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! The files in deploy/node-client match the binary: their command lines
+//! parse with its clap definition, and the example config is valid.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use kairos_node_client::cli::{Cli, Command};
+use kairos_node_client::config::{ClientConfig, K3sRoleSetting, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR};
+
+fn deploy(file: &str) -> (PathBuf, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/node-client").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (path, text)
+}
+
+/// The value of the first `key=` line (systemd) or `key="..."` line (OpenRC).
+fn value_of<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=')).map(|v| v.trim().trim_matches('"'))
+}
+
+/// Parses a `run` command line and checks where it points.
+fn check_run_argv(argv: Vec<&str>, source: &str) {
+    assert!(argv[0].ends_with("/kairos-node-client"), "{source}: runs {:?}", argv[0]);
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{source}: {argv:?} does not parse:\n{e}"));
+    match cli.command {
+        Command::Run(run) => {
+            assert_eq!(run.config, PathBuf::from(DEFAULT_CONFIG_PATH), "{source}");
+            assert_eq!(run.state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)), "{source}");
+            assert_eq!(run.root, PathBuf::from("/"), "{source}");
+        }
+        other => panic!("{source}: expected `run`, got {other:?}"),
+    }
+}
+
+#[test]
+fn systemd_unit_runs_a_command_the_binary_accepts_and_restarts_forever() {
+    let (path, unit) = deploy("kairos-node-client.service");
+    let source = path.display().to_string();
+    for section in ["[Unit]", "[Service]", "[Install]"] {
+        assert!(unit.lines().any(|l| l.trim() == section), "{source}: missing {section}");
+    }
+    let exec = value_of(&unit, "ExecStart").expect("ExecStart");
+    check_run_argv(exec.split_whitespace().collect(), &source);
+    assert_eq!(value_of(&unit, "Restart"), Some("always"));
+    assert_eq!(value_of(&unit, "StartLimitIntervalSec"), Some("0"));
+    assert_eq!(value_of(&unit, "KillSignal"), Some("SIGTERM"));
+    // The sandbox must leave the state dir writable.
+    assert_eq!(value_of(&unit, "StateDirectory"), Some("kairos-fleet"));
+    assert_eq!(value_of(&unit, "ProtectSystem"), Some("strict"));
+    let writable = value_of(&unit, "ReadWritePaths").expect("ReadWritePaths");
+    assert!(writable.split_whitespace().any(|p| p == DEFAULT_STATE_DIR), "{source}: {writable}");
+    // /etc and /proc stay readable: nothing hides them.
+    for key in ["InaccessiblePaths", "ProtectProc", "ProcSubset"] {
+        assert!(value_of(&unit, key).is_none(), "{source}: {key} would hide /proc or /etc");
+    }
+}
+
+#[test]
+fn openrc_script_supervises_a_command_the_binary_accepts() {
+    let (path, script) = deploy("kairos-node-client.openrc");
+    let source = path.display().to_string();
+    assert_eq!(script.lines().next(), Some("#!/sbin/openrc-run"));
+    assert_eq!(value_of(&script, "supervisor"), Some("supervise-daemon"));
+    let command = value_of(&script, "command").expect("command");
+    let args = value_of(&script, "command_args").expect("command_args");
+    check_run_argv(std::iter::once(command).chain(args.split_whitespace()).collect(), &source);
+    assert!(value_of(&script, "respawn_delay").is_some(), "{source}: respawn_delay");
+    assert_eq!(value_of(&script, "respawn_max"), Some("0"), "{source}: respawn forever");
+    assert!(script.contains(&format!("checkpath --directory --mode 0700 --owner root:root {DEFAULT_STATE_DIR}")));
+    let mode = std::fs::metadata(&path).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    assert!(mode.is_ok_and(|m| m & 0o111 != 0), "{source} must be executable");
+}
+
+#[test]
+fn example_config_is_valid_and_uses_the_default_paths() {
+    let (path, text) = deploy("node-client.toml");
+    let config = ClientConfig::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    assert_eq!(config.k3s_role, K3sRoleSetting::Agent);
+    assert_eq!(config.labels.get("fleet.kairos.io/wave").map(String::as_str), Some("canary"));
+    // Every commented-out key is a real key too.
+    let commented: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            l.split_once(" = ")
+                .is_some_and(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        })
+        .collect();
+    assert!(!commented.is_empty(), "the example shows the optional keys");
+    for line in commented {
+        let probe = format!("{line}\n");
+        assert!(ClientConfig::parse(&probe).is_ok(), "{}: commented example {line:?} is not valid", path.display());
+    }
+}
+
+#[test]
+fn enroll_and_simulate_command_lines_parse() {
+    let enroll = ["kairos-node-client", "enroll", "--server", "https://f:7443", "--token", "t", "--ca-file", "ca.pem"];
+    assert!(matches!(Cli::try_parse_from(enroll).map(|c| c.command), Ok(Command::Enroll(_))));
+    let simulate = [
+        "kairos-node-client",
+        "simulate",
+        "--server",
+        "https://a:1,https://b:2",
+        "--token",
+        "t",
+        "--count",
+        "10",
+        "--ca-file",
+        "ca.pem",
+        "--duration",
+        "1m",
+        "--storm-after",
+        "10s",
+        "--upgrade-step",
+        "500ms",
+    ];
+    match Cli::try_parse_from(simulate).map(|c| c.command) {
+        Ok(Command::Simulate(s)) => {
+            assert_eq!(s.server, ["https://a:1", "https://b:2"]);
+            assert_eq!(s.duration, Some(std::time::Duration::from_secs(60)));
+            assert_eq!(s.storm_state, "downloading");
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = Cli::try_parse_from([
+        "kairos-node-client",
+        "enroll",
+        "--server",
+        "x",
+        "--token",
+        "t",
+        "--insecure-skip-verify",
+    ]);
+    assert!(err.is_err(), "there is no way to skip server verification");
+}
