@@ -89,6 +89,8 @@ pub struct StormReport {
     pub state: String,
     /// When the storm was sent (RFC 3339).
     pub sent_at: String,
+    /// When the storm was sent, Unix milliseconds.
+    pub sent_at_ms: u64,
     /// Nodes that reported.
     pub nodes: u64,
     /// Storm updates acknowledged by the end.
@@ -402,6 +404,7 @@ fn send_storm(handles: &[NodeHandle], state: pb::NodeState) -> (Instant, StormRe
     let report = StormReport {
         state: state.as_str_name().trim_start_matches("NODE_STATE_").to_ascii_lowercase(),
         sent_at: rfc3339_of(&observed_at).unwrap_or_default(),
+        sent_at_ms: sent_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
         nodes,
         acked: 0,
         all_acked_ms: None,

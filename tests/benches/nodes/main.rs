@@ -221,12 +221,13 @@ fn run(args: &Args, count: usize) {
 
     let sum = |key: &str| reports.iter().map(|r| r[key].as_u64().unwrap_or(0)).sum::<u64>();
     let max = |key: &str| reports.iter().map(|r| r[key].as_f64().unwrap_or(0.0)).fold(0.0, f64::max);
-    let storm_sent = reports.iter().filter_map(|r| r["storm_sent_at_ms"].as_u64()).min().unwrap_or(0);
-    let storm_acked_ms = max("storm_all_acked_ms");
+    let storm_sent = reports.iter().filter_map(|r| r["storm"]["sent_at_ms"].as_u64()).min().unwrap_or(0);
+    let storm_acked_ms =
+        reports.iter().map(|r| r["storm"]["all_acked_ms"].as_f64().unwrap_or(f64::NAN)).fold(0.0, f64::max);
     let storm_end = storm_sent + storm_acked_ms as u64;
     let at = |t: u64| series.iter().rev().find(|(ms, _)| *ms <= t).map_or(c1, |(_, c)| *c);
     let storm_entries = at(storm_end + 250).saturating_sub(at(storm_sent));
-    let storm_updates = sum("storm_sent");
+    let storm_updates: u64 = reports.iter().map(|r| r["storm"]["nodes"].as_u64().unwrap_or(0)).sum();
 
     println!("replica                      {:>12} {:>12} {:>12}", "1", "2", "3");
     println!("RSS idle (MiB)               {}", pct(&idle.iter().map(|r| r.1).collect::<Vec<_>>()));
