@@ -29,6 +29,7 @@ pub use server::{MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIO
 
 use crate::api::{AdminApi, ClusterApi, ReleaseApi};
 use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
+use crate::security::NodeIssuer;
 use crate::store::{Access, KvReader, NodeId, Raft, ReplicaNode, Request, Response, Store, StoreError};
 
 /// How long open calls may run on after shutdown begins.
@@ -114,6 +115,9 @@ pub struct ReplicaConfig {
     pub bootstrap: bool,
     /// raft timing and compaction.
     pub raft: RaftTuning,
+    /// This replica's node-issuing intermediate CA (`node-ca.pem`); without
+    /// it the replica enrolls no node (Enroll answers FAILED_PRECONDITION).
+    pub node_ca: Option<Arc<NodeIssuer>>,
 }
 
 impl fmt::Debug for ReplicaConfig {
@@ -125,6 +129,7 @@ impl fmt::Debug for ReplicaConfig {
             .field("data_dir", &self.data_dir)
             .field("bootstrap", &self.bootstrap)
             .field("raft", &self.raft)
+            .field("node_ca", &self.node_ca.is_some())
             .finish_non_exhaustive()
     }
 }

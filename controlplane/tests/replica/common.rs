@@ -104,6 +104,7 @@ impl Slot {
             peer_tls: Arc::new(move |host: &str| pki_for_peers.client_tls(host, peer_identity.clone())),
             bootstrap,
             raft,
+            node_ca: None,
         };
         match Replica::start(config).await {
             Ok(handle) => handle,
