@@ -17,6 +17,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cluster;
+pub mod node;
 pub mod release;
 
 use tonic::metadata::MetadataValue;

@@ -1,0 +1,3 @@
+//! `kairos.fleet.v1.NodeService`: what enrolled nodes call.
+
+pub mod enroll;
