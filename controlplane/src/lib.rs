@@ -16,4 +16,5 @@ pub mod raft;
 pub mod replica;
 pub mod security;
 pub mod serve;
+pub mod sessions;
 pub mod store;

@@ -16,6 +16,7 @@ use crate::security::bootstrap::{self, InitOptions, ReplicaSpec};
 use crate::security::node_ca::NODE_CA_CERT_FILE;
 use crate::security::pki::CA_KEY_FILE;
 use crate::security::{BootstrapTokens, NodeIssuer, ReplicaConfig as ReplicaFile, ReplicaCredentials, SecurityError};
+use crate::sessions::SessionSettings;
 use crate::store::{Compare, Op, Request};
 
 /// Key prefix of operator token records in the replicated state.
@@ -52,6 +53,8 @@ pub struct ServeOptions {
     pub join: Option<String>,
     /// raft timing.
     pub raft: RaftTuning,
+    /// Node session timing.
+    pub sessions: SessionSettings,
 }
 
 /// Finds the replica folder `opts` points at; initialises a single-replica
@@ -136,6 +139,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         peer_tls: Arc::new(move |host: &str| peer_creds.client_tls(host)),
         bootstrap: file.bootstrap,
         raft: opts.raft,
+        sessions: opts.sessions.clone(),
         node_ca,
     };
     tracing::info!(id = file.id, %listen, advertise = %file.listen, dir = %dir.display(), "starting replica");

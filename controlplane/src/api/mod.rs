@@ -25,6 +25,7 @@ use tonic::Status;
 
 pub use admin::AdminApi;
 pub use cluster::ClusterApi;
+pub use node::NodeApi;
 pub use release::ReleaseApi;
 
 use crate::replica::{LeaderHint, ReadError, WriteError};

@@ -10,6 +10,7 @@ use kairos_controlplane::demo::{self, DemoOptions};
 use kairos_controlplane::replica::RaftTuning;
 use kairos_controlplane::security::bootstrap::{self, InitOptions, InitReport, ReplicaSpec};
 use kairos_controlplane::serve::{self, ServeOptions};
+use kairos_controlplane::sessions::SessionSettings;
 
 /// The Kairos Fleet control plane.
 #[derive(Parser)]
@@ -63,6 +64,10 @@ enum Command {
         /// Log entries kept behind a snapshot for followers that lag a little.
         #[arg(long, default_value_t = 1000)]
         snapshot_keep_logs: u64,
+        /// How often nodes send heartbeats, in milliseconds; a node silent for
+        /// three intervals counts as gone.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(200..=600_000))]
+        node_heartbeat_ms: u64,
     },
     /// Create a new cluster's CA, replica certificates and configs, and the first admin token.
     Init {
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
             election_timeout_ms,
             snapshot_logs,
             snapshot_keep_logs,
+            node_heartbeat_ms,
         } => {
             let raft = RaftTuning {
                 heartbeat_ms,
@@ -113,7 +119,8 @@ fn main() -> ExitCode {
                 snapshot_logs,
                 snapshot_keep_logs,
             };
-            let opts = ServeOptions { data_dir, listen, replica_id, join, raft };
+            let sessions = SessionSettings::with_heartbeat(Duration::from_millis(node_heartbeat_ms));
+            let opts = ServeOptions { data_dir, listen, replica_id, join, raft, sessions };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

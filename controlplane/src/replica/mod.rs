@@ -25,11 +25,13 @@ use tonic::transport::ServerTlsConfig;
 use tonic_health::server::HealthReporter;
 
 pub use client::{Committed, LeaderHint, ReadError, ReplicaClient, WriteError};
-pub use server::{MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS};
+pub use server::{connection_limit, MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS};
 
-use crate::api::{AdminApi, ClusterApi, ReleaseApi};
+use crate::api::node::Enroller;
+use crate::api::{AdminApi, ClusterApi, NodeApi, ReleaseApi};
 use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
 use crate::security::NodeIssuer;
+use crate::sessions::{SessionSettings, Sessions};
 use crate::store::{Access, KvReader, NodeId, Raft, ReplicaNode, Request, Response, Store, StoreError};
 
 /// How long open calls may run on after shutdown begins.
@@ -43,6 +45,7 @@ const HEALTH_SERVICES: &[&str] = &[
     "kairos.fleet.v1.ClusterService",
     "kairos.fleet.v1.ReleaseService",
     "kairos.fleet.v1.AdminService",
+    "kairos.fleet.v1.NodeService",
 ];
 
 /// raft timing and log compaction of a replica.
@@ -115,6 +118,8 @@ pub struct ReplicaConfig {
     pub bootstrap: bool,
     /// raft timing and compaction.
     pub raft: RaftTuning,
+    /// Node session timing and batching.
+    pub sessions: SessionSettings,
     /// This replica's node-issuing intermediate CA (`node-ca.pem`); without
     /// it the replica enrolls no node (Enroll answers FAILED_PRECONDITION).
     pub node_ca: Option<Arc<NodeIssuer>>,
@@ -214,6 +219,7 @@ impl Replica {
         let retry_budget = Duration::from_millis(config.raft.election_max_ms * 3).max(Duration::from_secs(3));
         let client = ReplicaClient::new(config.id, raft.clone(), reader, peers, retry_budget);
 
+        let sessions = Sessions::start(client.clone(), config.sessions.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         // Until raft runs, probes must not send traffic here.
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
@@ -222,9 +228,12 @@ impl Replica {
             .add_service(RaftRpcService::new(config.id, raft.clone()).into_server())
             .add_service(ClusterApi::new(client.clone()).into_server())
             .add_service(ReleaseApi::new(client.clone()).into_server())
-            .add_service(AdminApi::new(client.clone()).into_server());
+            .add_service(AdminApi::new(client.clone()).into_server())
+            .add_service(
+                NodeApi::new(Enroller::new(client.clone(), config.node_ca.clone()), sessions.clone()).into_server(),
+            );
         let server = server::ServerTask::spawn(router, listener);
-        let handle = ReplicaHandle { client, server, health, local_addr, data_dir: config.data_dir };
+        let handle = ReplicaHandle { client, sessions, server, health, local_addr, data_dir: config.data_dir };
 
         if config.bootstrap {
             if let Err(e) = bootstrap(&raft, config.id, &config.advertise).await {
@@ -264,6 +273,7 @@ async fn set_health(health: &HealthReporter, status: tonic_health::ServingStatus
 /// A running replica.
 pub struct ReplicaHandle {
     client: ReplicaClient,
+    sessions: Sessions,
     server: server::ServerTask,
     health: HealthReporter,
     local_addr: SocketAddr,
@@ -286,6 +296,11 @@ impl ReplicaHandle {
         self.local_addr
     }
 
+    /// The node sessions this replica holds.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// Writes and linearizable reads through this replica.
     pub fn client(&self) -> &ReplicaClient {
         &self.client
@@ -306,15 +321,17 @@ impl ReplicaHandle {
     /// call returns once sled has flushed and released the data dir (so the
     /// same dir can be reopened at once, in this process or another).
     pub async fn shutdown(self) -> Result<(), ReplicaError> {
-        let ReplicaHandle { client, server, health, local_addr, data_dir } = self;
+        let ReplicaHandle { client, sessions, server, health, local_addr, data_dir } = self;
         let started = Instant::now();
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
+        // Node streams would keep the port's graceful stop waiting.
+        sessions.stop();
         let served = server.stop(SHUTDOWN_GRACE).await;
         let raft = client.raft().clone();
         let stopped = raft.shutdown().await.map_err(ReplicaError::from);
         // Our reader and raft handles keep sled open; openraft's tasks drop
         // theirs as they finish.
-        drop((client, raft));
+        drop((client, raft, sessions));
         wait_store_released(&data_dir).await?;
         tracing::info!(%local_addr, elapsed = ?started.elapsed(), "replica stopped");
         served?;

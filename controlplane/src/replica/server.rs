@@ -15,10 +15,36 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, Router, TcpConnectInfo};
 use tonic::transport::{Server, ServerTlsConfig};
 
-/// Open connections the port accepts at once; further clients wait in the
-/// kernel's backlog until one closes (nodes connect to any replica, so a
-/// fleet-wide reconnect storm must not exhaust file descriptors).
-pub const MAX_CONNECTIONS: usize = 4096;
+/// Most open connections the port accepts at once; further clients wait in
+/// the kernel's backlog until one closes (nodes connect to any replica, so a
+/// fleet-wide reconnect storm must not exhaust file descriptors). Every node
+/// holds one connection, so the bound is also bounded by the process's
+/// file-descriptor limit, see [`connection_limit`].
+pub const MAX_CONNECTIONS: usize = 131_072;
+/// File descriptors kept free for the store, peers and logs.
+const RESERVED_FDS: u64 = 1024;
+
+/// Raises the soft file-descriptor limit to the hard one and returns how
+/// many connections the port may hold: every node keeps one open.
+pub fn connection_limit() -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the file-descriptor limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the file-descriptor limit");
+            4096
+        }
+    };
+    let limit = usize::try_from(soft.saturating_sub(RESERVED_FDS)).unwrap_or(MAX_CONNECTIONS);
+    limit.clamp(64, MAX_CONNECTIONS)
+}
 /// HTTP/2 streams (concurrent calls) one connection may open.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Calls one connection may have in the services at once.
@@ -52,7 +78,9 @@ impl ServerTask {
     /// Serves `router` on `listener` until stopped.
     pub(crate) fn spawn(router: Router, listener: TcpListener) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = limited_incoming(listener, MAX_CONNECTIONS);
+        let limit = connection_limit();
+        tracing::debug!(limit, "connection limit of the gRPC port");
+        let incoming = limited_incoming(listener, limit);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             // A dropped sender (handle dropped without shutdown) also stops the server.
             let _ = stopped.await;

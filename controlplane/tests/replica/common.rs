@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kairos_controlplane::replica::{RaftTuning, Replica, ReplicaConfig, ReplicaHandle};
+use kairos_controlplane::sessions::SessionSettings;
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_fleet_proto::fleet::v1::cluster_service_client::ClusterServiceClient;
 use kairos_fleet_proto::fleet::v1::release_service_client::ReleaseServiceClient;
@@ -104,6 +105,7 @@ impl Slot {
             peer_tls: Arc::new(move |host: &str| pki_for_peers.client_tls(host, peer_identity.clone())),
             bootstrap,
             raft,
+            sessions: SessionSettings::with_heartbeat(Duration::from_millis(500)),
             node_ca: None,
         };
         match Replica::start(config).await {

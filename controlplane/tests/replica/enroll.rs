@@ -19,6 +19,7 @@ use kairos_controlplane::security::{
     client_tls_for_operator, generate_token, hash_secret, install_crypto_provider, peer_identity, Ca, NodeIssuer,
     PeerIdentity, ReplicaCredentials,
 };
+use kairos_controlplane::sessions::SessionSettings;
 use kairos_controlplane::store::Request as Write;
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_fleet_proto::fleet::v1::admin_service_client::AdminServiceClient;
@@ -76,6 +77,7 @@ impl Fleet {
             peer_tls: Arc::new(move |host: &str| peer.client_tls(host)),
             bootstrap: true,
             raft: tuning(),
+            sessions: SessionSettings::with_heartbeat(Duration::from_millis(500)),
             node_ca: Some(Arc::clone(&issuer)),
         };
         let handle = Replica::start(config).await.expect("replica starts");
@@ -427,8 +429,8 @@ async fn without_a_node_ca_enroll_is_a_failed_precondition_saying_how_to_fix_it(
 
 type Seen = Arc<Mutex<Vec<Option<PeerIdentity>>>>;
 
-/// The node service as a test serves it: Enroll through the [`Enroller`],
-/// Connect only records who called.
+/// A node service that only records who calls Connect, on a port with the
+/// replicas' server TLS.
 struct TestNodeService {
     enroller: Enroller,
     seen: Seen,
@@ -482,11 +484,12 @@ async fn an_enrolled_node_authenticates_to_replica_ports_with_its_chain_as_that_
         },
     ));
 
-    // Enroll as a new node does: trusting the CA, presenting no certificate.
+    // Enroll as a new node does, through the replica's own port: trusting
+    // the CA, presenting no certificate.
     let id = machine(42);
     let (request, key) = enroll_request(&token.bootstrap, &id);
     let anonymous = client_tls_for_operator(fleet.ca.cert_pem(), "127.0.0.1");
-    let mut nodes = NodeServiceClient::new(channel(node_port, anonymous).await);
+    let mut nodes = NodeServiceClient::new(channel(fleet.handle.local_addr(), anonymous).await);
     let answer = nodes.enroll(request).await.expect("enrolled over TLS").into_inner();
     assert_eq!(answer.node_id, id);
 

@@ -9,5 +9,6 @@
 mod common;
 mod enroll;
 mod errors;
+mod sessions;
 mod snapshot;
 mod three_replicas;

@@ -1,0 +1,265 @@
+//! Nodes against a real three-replica cluster (separate processes on
+//! loopback): the node client enrolls and keeps a session, replicas
+//! SIGKILLed under their node streams, and heartbeats that never reach raft.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kairos_fleet_tests::{binary, ok_stdout, wait_for, Cluster};
+use serde_json::Value;
+
+/// Heartbeat interval of the replicas in these tests (liveness: 3x).
+const HEARTBEAT_MS: &str = "1000";
+
+fn start_all(cluster: &mut Cluster) {
+    for id in 1..=3 {
+        cluster.start_with(id, &["--node-heartbeat-ms", HEARTBEAT_MS]);
+    }
+    wait_for("a leader", Duration::from_secs(30), || {
+        let out = cluster.ctl(&["cluster", "status", "-o", "json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (status["leader_id"].as_u64()? > 0 && status["replicas"].as_array()?.len() == 3).then_some(())
+    });
+}
+
+fn enroll_token(cluster: &Cluster, uses: u32) -> String {
+    let out = ok_stdout(
+        &cluster.ctl(&["enroll-tokens", "create", "--uses", &uses.to_string(), "--label", "site=lab", "-o", "json"]),
+        "enroll-tokens create",
+    );
+    let created: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    created["secret"].as_str().unwrap_or_else(|| panic!("no secret in {out}")).to_string()
+}
+
+fn ca_file(cluster: &Cluster) -> PathBuf {
+    cluster.dir.path().join("ca.pem")
+}
+
+fn server(cluster: &Cluster, id: u64) -> String {
+    format!("https://{}", cluster.addresses[&id])
+}
+
+/// A node's root filesystem: release file, machine id, kernel command line.
+fn node_root(dir: &Path, machine_id: &str) -> PathBuf {
+    let root = dir.join(format!("root-{machine_id}"));
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    std::fs::create_dir_all(root.join("proc")).expect("proc");
+    std::fs::write(
+        root.join("etc/kairos-release"),
+        "KAIROS_FLAVOR=\"opensuse\"\nKAIROS_FLAVOR_RELEASE=\"leap-15.5\"\nKAIROS_VARIANT=\"standard\"\n\
+         KAIROS_MODEL=\"generic\"\nKAIROS_ARCH=\"amd64\"\nKAIROS_RELEASE=\"v2.4.2\"\n\
+         KAIROS_SOFTWARE_VERSION=\"v1.27.6+k3s1\"\nKAIROS_SOFTWARE_VERSION_PREFIX=\"k3s\"\n\
+         KAIROS_IMAGE_REPO=\"quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1\"\n",
+    )
+    .expect("kairos-release");
+    std::fs::write(root.join("etc/machine-id"), format!("{machine_id}\n")).expect("machine-id");
+    std::fs::write(root.join("proc/cmdline"), "BOOT_IMAGE=/cOS/active.img console=tty1 rd.cos.oemlabel=COS_OEM\n")
+        .expect("cmdline");
+    root
+}
+
+fn node_client(args: &[&str]) -> std::process::Output {
+    Command::new(binary("kairos-node-client"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running kairos-node-client {args:?}: {e}"))
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+    let err = out.try_clone().expect("clone log handle");
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
+}
+
+/// Every node kairosctl lists, as JSON.
+fn list_nodes(cluster: &Cluster) -> Option<Vec<Value>> {
+    let out = cluster.ctl(&["nodes", "list", "--all", "-o", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let listed: Value = serde_json::from_slice(&out.stdout).ok()?;
+    match listed {
+        Value::Array(nodes) => Some(nodes),
+        Value::Object(map) => map.get("nodes").and_then(Value::as_array).cloned(),
+        _ => None,
+    }
+}
+
+fn online_via(node: &Value) -> Option<u64> {
+    (node["online"].as_bool() == Some(true)).then(|| node["connected_replica_id"].as_u64().unwrap_or(0))
+}
+
+fn commit_index(cluster: &Cluster) -> u64 {
+    let out = ok_stdout(&cluster.ctl(&["cluster", "status", "-o", "json"]), "cluster status");
+    let status: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    status["commit_index"].as_u64().unwrap_or_else(|| panic!("no commit_index in {out}"))
+}
+
+struct Simulator {
+    child: Child,
+    report: PathBuf,
+    log: PathBuf,
+}
+
+impl Simulator {
+    fn start(cluster: &Cluster, servers: &[u64], count: usize, duration: &str) -> Simulator {
+        let token = enroll_token(cluster, count as u32);
+        let report = cluster.dir.path().join("simulate.json");
+        let log = cluster.dir.path().join("simulate.log");
+        let servers: Vec<String> = servers.iter().map(|id| server(cluster, *id)).collect();
+        let mut cmd = Command::new(binary("kairos-node-client"));
+        cmd.args(["simulate", "--count", &count.to_string(), "--duration", duration, "--server", &servers.join(",")])
+            .arg("--ca-file")
+            .arg(ca_file(cluster))
+            .arg("--report")
+            .arg(&report)
+            .env("KAIROS_FLEET_TOKEN", token);
+        Simulator { child: spawn_logged(cmd, &log), report, log }
+    }
+
+    fn report(mut self) -> Value {
+        let status = self.child.wait().expect("simulate exits");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "simulate failed ({status}):\n{log}");
+        let text = std::fs::read_to_string(&self.report).unwrap_or_else(|e| panic!("report: {e}\n{log}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("report: {e}: {text}"))
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_node_client_enrolls_connects_and_reports_its_identity() {
+    let mut cluster = Cluster::init(3);
+    start_all(&mut cluster);
+    let token = enroll_token(&cluster, 1);
+    let machine_id = "0f0e0d0c0b0a09080706050403020100";
+    let root = node_root(cluster.dir.path(), machine_id);
+    let state = cluster.dir.path().join("node-state");
+    let ca = ca_file(&cluster);
+    let enroll = node_client(&[
+        "enroll",
+        "--server",
+        &server(&cluster, 2),
+        "--token",
+        &token,
+        "--root",
+        root.to_str().expect("utf-8 path"),
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
+        "--ca-file",
+        ca.to_str().expect("utf-8 path"),
+    ]);
+    ok_stdout(&enroll, "kairos-node-client enroll");
+    // The token allowed one enrollment.
+    let again = node_client(&[
+        "enroll",
+        "--server",
+        &server(&cluster, 1),
+        "--token",
+        &token,
+        "--root",
+        root.to_str().expect("utf-8 path"),
+        "--state-dir",
+        cluster.dir.path().join("other-state").to_str().expect("utf-8 path"),
+        "--ca-file",
+        ca.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(again.status.code(), Some(3), "a used-up token is refused: {}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("used"), "{}", String::from_utf8_lossy(&again.stderr));
+
+    let config = cluster.dir.path().join("node-client.toml");
+    std::fs::write(&config, "[labels]\nrack = \"r7\"\nsite = \"node-says\"\n").expect("config");
+    let mut cmd = Command::new(binary("kairos-node-client"));
+    cmd.arg("run").arg("--config").arg(&config).arg("--root").arg(&root).arg("--state-dir").arg(&state);
+    let mut run = spawn_logged(cmd, &cluster.dir.path().join("node-run.log"));
+    let node = wait_for("the node online", Duration::from_secs(30), || {
+        let out = cluster.ctl(&["nodes", "get", machine_id, "-o", "json"]);
+        let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let node = node.get("node").cloned().unwrap_or(node);
+        online_via(&node).map(|_| node)
+    });
+    let _ = run.kill();
+    let _ = run.wait();
+    assert_eq!(node["identity"]["flavor"], "opensuse", "{node}");
+    assert_eq!(node["identity"]["release"], "v2.4.2", "{node}");
+    assert_eq!(node["labels"]["site"], "lab", "enrollment labels win: {node}");
+    assert_eq!(node["labels"]["rack"], "r7", "{node}");
+}
+
+#[test]
+fn nodes_of_a_sigkilled_replica_come_back_online_through_the_others() {
+    let mut cluster = Cluster::init(3);
+    start_all(&mut cluster);
+    let count = 60;
+    let sim = Simulator::start(&cluster, &[1, 2, 3], count, "90s");
+    let nodes = wait_for("every simulated node online", Duration::from_secs(60), || {
+        let nodes = list_nodes(&cluster)?;
+        (nodes.len() == count && nodes.iter().all(|n| online_via(n).is_some())).then_some(nodes)
+    });
+    // The replica holding the most streams dies.
+    let mut held = [0usize; 4];
+    for node in &nodes {
+        held[online_via(node).unwrap_or(0) as usize % 4] += 1;
+    }
+    let victim: u64 = (1..=3u64).max_by_key(|id| held[*id as usize]).unwrap_or(1);
+    println!(
+        "streams per replica before the kill: 1: {}, 2: {}, 3: {}; killing replica {victim}",
+        held[1], held[2], held[3]
+    );
+    let killed = Instant::now();
+    cluster.kill9(victim);
+    let survivors: Vec<u64> = (1..=3u64).filter(|id| *id != victim).collect();
+    wait_for("every node online through a surviving replica", Duration::from_secs(60), || {
+        let out = cluster.ctl_on(survivors[0], &["nodes", "list", "--all", "-o", "json"]);
+        let listed: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let nodes = listed.get("nodes").and_then(Value::as_array).cloned().or_else(|| listed.as_array().cloned())?;
+        let moved = nodes.iter().filter(|n| online_via(n).is_some_and(|r| survivors.contains(&r))).count();
+        (moved == count).then_some(())
+    });
+    println!(
+        "all {count} nodes online through replicas {survivors:?} {:.2} s after replica {victim} was SIGKILLed \
+         (node heartbeat {HEARTBEAT_MS} ms)",
+        killed.elapsed().as_secs_f64()
+    );
+    drop(sim);
+}
+
+#[test]
+fn heartbeats_of_a_thousand_nodes_for_a_minute_add_no_raft_entries() {
+    let mut cluster = Cluster::init(3);
+    start_all(&mut cluster);
+    let count = 1000;
+    let sim = Simulator::start(&cluster, &[1, 2, 3], count, "150s");
+    wait_for("every simulated node online", Duration::from_secs(90), || {
+        let nodes = list_nodes(&cluster)?;
+        (nodes.len() == count && nodes.iter().all(|n| online_via(n).is_some())).then_some(())
+    });
+    // Let the last connect batches and any reconciliation settle.
+    let settled = wait_for("the log to settle", Duration::from_secs(30), || {
+        let before = commit_index(&cluster);
+        std::thread::sleep(Duration::from_secs(3));
+        (commit_index(&cluster) == before).then_some(before)
+    });
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(60));
+    let after = commit_index(&cluster);
+    println!(
+        "{count} nodes, heartbeat every {HEARTBEAT_MS} ms, for {:.0} s: raft commit index {settled} -> {after}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(after, settled, "heartbeats added raft entries");
+    let nodes = list_nodes(&cluster).expect("list");
+    assert!(nodes.iter().all(|n| online_via(n).is_some()), "every node stayed online");
+    let report = sim.report();
+    let acked = report["heartbeats_acked"].as_u64().unwrap_or(0);
+    println!("simulator: {acked} heartbeats acknowledged; summary {report}");
+    assert!(acked >= (count as u64) * 50, "about one heartbeat per node per second was answered: {report}");
+}
