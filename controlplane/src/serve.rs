@@ -99,13 +99,15 @@ pub fn load_node_ca(data_dir: &Path, replica_dir: &Path, id: u64) -> Result<Opti
     }
     if data_dir.join(CA_KEY_FILE).exists() && bootstrap::replica_dir(data_dir, id) == replica_dir {
         bootstrap::issue_node_ca(data_dir, id, replica_dir)?;
-        tracing::info!(dir = %replica_dir.display(), "issued this replica's node CA with the cluster CA in {}", data_dir.display());
+        let ca = data_dir.display();
+        tracing::info!(dir = %replica_dir.display(), "issued this replica's node CA with the cluster CA in {ca}");
         return Ok(Some(Arc::new(NodeIssuer::load(replica_dir)?)));
     }
     tracing::warn!(
         missing = %replica_dir.join(NODE_CA_CERT_FILE).display(),
-        "this replica cannot enroll nodes: run `kairos-controlplane issue-node-ca --data-dir <init dir> --replica-id {id}` \
-         where the cluster CA key is, copy node-ca.pem and node-ca.key into this folder and restart"
+        "this replica cannot enroll nodes: run `kairos-controlplane issue-node-ca --data-dir <init dir> \
+         --replica-id {id}` where the cluster CA key is, copy node-ca.pem and node-ca.key into this folder \
+         and restart"
     );
     Ok(None)
 }
