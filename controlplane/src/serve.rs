@@ -3,7 +3,7 @@
 //! asked, and run until SIGTERM.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +13,9 @@ use kairos_fleet_proto::fleet::v1::AddReplicaRequest;
 use crate::raft::host_of;
 use crate::replica::{self, RaftTuning, Replica, ReplicaConfig, ReplicaError};
 use crate::security::bootstrap::{self, InitOptions, ReplicaSpec};
+use crate::security::node_ca::NODE_CA_CERT_FILE;
 use crate::security::pki::CA_KEY_FILE;
-use crate::security::{BootstrapTokens, ReplicaConfig as ReplicaFile, ReplicaCredentials, SecurityError};
+use crate::security::{BootstrapTokens, NodeIssuer, ReplicaConfig as ReplicaFile, ReplicaCredentials, SecurityError};
 use crate::sessions::SessionSettings;
 use crate::store::{Compare, Op, Request};
 
@@ -88,6 +89,29 @@ pub fn resolve_replica_dir(opts: &ServeOptions) -> Result<PathBuf, ServeError> {
     Ok(bootstrap::replica_dir(dir, id))
 }
 
+/// The replica's node-issuing intermediate CA. A replica folder inside an
+/// `init` folder (the embedded default among them) that predates node CAs
+/// gets one from the cluster CA next to it; anywhere else a missing one
+/// only disables Enroll on this replica, with a warning saying how to fix it.
+pub fn load_node_ca(data_dir: &Path, replica_dir: &Path, id: u64) -> Result<Option<Arc<NodeIssuer>>, ServeError> {
+    if let Some(issuer) = NodeIssuer::load_if_present(replica_dir)? {
+        return Ok(Some(Arc::new(issuer)));
+    }
+    if data_dir.join(CA_KEY_FILE).exists() && bootstrap::replica_dir(data_dir, id) == replica_dir {
+        bootstrap::issue_node_ca(data_dir, id, replica_dir)?;
+        let ca = data_dir.display();
+        tracing::info!(dir = %replica_dir.display(), "issued this replica's node CA with the cluster CA in {ca}");
+        return Ok(Some(Arc::new(NodeIssuer::load(replica_dir)?)));
+    }
+    tracing::warn!(
+        missing = %replica_dir.join(NODE_CA_CERT_FILE).display(),
+        "this replica cannot enroll nodes: run `kairos-controlplane issue-node-ca --data-dir <init dir> \
+         --replica-id {id}` where the cluster CA key is, copy node-ca.pem and node-ca.key into this folder \
+         and restart"
+    );
+    Ok(None)
+}
+
 fn resolve_listen(advertise: &str) -> Result<SocketAddr, ServeError> {
     advertise
         .to_socket_addrs()
@@ -106,6 +130,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         Some(addr) => addr,
         None => resolve_listen(&file.listen)?,
     };
+    let node_ca = load_node_ca(&opts.data_dir, &dir, file.id)?;
     let peer_creds = Arc::clone(&creds);
     let config = ReplicaConfig {
         id: file.id,
@@ -117,6 +142,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         bootstrap: file.bootstrap,
         raft: opts.raft,
         sessions: opts.sessions.clone(),
+        node_ca,
     };
     tracing::info!(id = file.id, %listen, advertise = %file.listen, dir = %dir.display(), "starting replica");
     let handle = Replica::start(config).await?;
@@ -201,4 +227,44 @@ async fn add_self(creds: &ReplicaCredentials, id: u64, advertise: &str, join: &s
         .await
         .map(|_| ())
         .map_err(|s| format!("{}: {}", s.code(), s.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::node_ca::NODE_CA_KEY_FILE;
+
+    fn init_one(dir: &Path) {
+        let spec: ReplicaSpec = "1=127.0.0.1:7001".parse().expect("spec");
+        let opts = InitOptions { data_dir: dir.to_path_buf(), replicas: vec![spec], force: false };
+        bootstrap::init_cluster(&opts).expect("init");
+    }
+
+    fn remove_node_ca(replica: &Path) {
+        for file in [NODE_CA_CERT_FILE, NODE_CA_KEY_FILE] {
+            std::fs::remove_file(replica.join(file)).expect("remove");
+        }
+    }
+
+    #[test]
+    fn a_replica_folder_inside_an_init_folder_gets_its_missing_node_ca() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        init_one(tmp.path());
+        let replica = bootstrap::replica_dir(tmp.path(), 1);
+        let loaded = load_node_ca(tmp.path(), &replica, 1).expect("load").expect("from init");
+        remove_node_ca(&replica);
+        let issued = load_node_ca(tmp.path(), &replica, 1).expect("issue").expect("issued");
+        assert_ne!(issued.cert_pem(), loaded.cert_pem(), "a new intermediate");
+        assert!(replica.join(NODE_CA_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn a_lone_replica_folder_without_a_node_ca_serves_without_enrollment() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        init_one(tmp.path());
+        let replica = bootstrap::replica_dir(tmp.path(), 1);
+        remove_node_ca(&replica);
+        assert!(load_node_ca(&replica, &replica, 1).expect("no error").is_none());
+        assert!(!replica.join(NODE_CA_CERT_FILE).exists(), "nothing issued without the CA key");
+    }
 }

@@ -4,7 +4,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use kairos_controlplane::cli_config::CliConfig;
-use kairos_controlplane::security::{parse_token, BootstrapTokens, Ca, ReplicaConfig, ReplicaCredentials, Role};
+use kairos_controlplane::security::{
+    parse_token, BootstrapTokens, Ca, NodeIssuer, ReplicaConfig, ReplicaCredentials, Role,
+};
 
 fn init(dir: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kairos-controlplane"))
@@ -45,8 +47,12 @@ fn init_creates_a_three_replica_cluster() {
         assert_eq!(config.bootstrap, id == 1, "only the first replica bootstraps");
         assert_eq!(BootstrapTokens::load(&replica_dir).expect("read").is_some(), id == 1);
         assert!(stdout.contains(&format!("serve --data-dir {}", replica_dir.display())), "{stdout}");
+        let node_ca = NodeIssuer::load(&replica_dir).expect("node CA");
+        assert!(node_ca.cert_pem().contains("BEGIN CERTIFICATE"));
         #[cfg(unix)]
         assert_eq!(mode(&replica_dir.join("replica.key")), 0o600);
+        #[cfg(unix)]
+        assert_eq!(mode(&replica_dir.join("node-ca.key")), 0o600);
     }
     assert_eq!(ReplicaConfig::load(&dir.join("replica-3")).expect("replica.toml").listen, "localhost:7003");
     #[cfg(unix)]
@@ -114,4 +120,32 @@ fn invalid_replica_flags_fail_with_the_flag_and_the_rule() {
         assert!(stderr.contains("--replica") && stderr.contains(rule), "{args:?}: {stderr}");
     }
     assert!(!tmp.path().join("ca.key").exists(), "nothing written on a bad flag");
+}
+
+#[test]
+fn issue_node_ca_gives_a_replica_folder_its_node_ca() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    assert!(init(dir, &THREE).status.success());
+    let replica = dir.join("replica-2");
+    for file in ["node-ca.pem", "node-ca.key"] {
+        std::fs::remove_file(replica.join(file)).expect("remove");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kairos-controlplane"))
+        .args(["issue-node-ca", "--replica-id", "2", "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("run kairos-controlplane");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&replica.join("node-ca.pem").display().to_string()), "{stdout}");
+    NodeIssuer::load(&replica).expect("the new node CA loads");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_kairos-controlplane"))
+        .args(["issue-node-ca", "--replica-id", "2", "--data-dir"])
+        .arg(dir.join("nowhere"))
+        .output()
+        .expect("run kairos-controlplane");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("ca.pem"), "{stderr}");
 }

@@ -20,6 +20,11 @@
 //! - Failed and denied AdminService calls get an entry too (a second
 //!   write). Unauthenticated calls do not: anyone who can reach the port
 //!   could fill the replicated log with them; they are logged locally.
+//! - `NodeService/Enroll` spends its token use, writes the node record and
+//!   its entry in one transaction. A refused bootstrap token whose id names
+//!   an existing enroll token is audited (a second write, actor
+//!   `enroll-token:<id>`); a malformed token or an unknown id is only
+//!   logged locally, for the reason above.
 
 use std::time::Duration;
 
@@ -64,6 +69,8 @@ pub mod method {
     pub const REMOVE_REPLICA: &str = "/kairos.fleet.v1.ClusterService/RemoveReplica";
     /// `ReleaseService/AddRelease`.
     pub const ADD_RELEASE: &str = "/kairos.fleet.v1.ReleaseService/AddRelease";
+    /// `NodeService/Enroll`.
+    pub const ENROLL: &str = "/kairos.fleet.v1.NodeService/Enroll";
 }
 
 /// How an audited call ended.
@@ -155,7 +162,7 @@ pub fn role_to_proto(role: Role) -> pb::TokenRole {
 }
 
 /// The gRPC name of a status code, e.g. `PERMISSION_DENIED`.
-fn code_name(code: Code) -> String {
+pub fn code_name(code: Code) -> String {
     format!("{code:?}")
         .chars()
         .enumerate()
@@ -238,12 +245,18 @@ impl Call {
     }
 
     async fn append(&self, client: &ReplicaClient, entry: AuditRecord) {
-        let target = entry.target.clone();
-        let nothing =
-            |_: &KvReader| Ok(Planned { compares: Vec::new(), ops: Vec::new(), target: target.clone(), value: () });
-        if let Err(e) = commit_with_entry(client, entry, nothing).await {
-            tracing::warn!(method = self.method, actor = %self.caller.name(), error = %e.message(), "audit entry lost");
-        }
+        append(client, entry).await;
+    }
+}
+
+/// Appends `entry` in a write of its own; a failure is logged, not
+/// returned: the call it records has already been answered or decided.
+pub async fn append(client: &ReplicaClient, entry: AuditRecord) {
+    let (method, actor, target) = (entry.method.clone(), entry.actor.clone(), entry.target.clone());
+    let nothing =
+        |_: &KvReader| Ok(Planned { compares: Vec::new(), ops: Vec::new(), target: target.clone(), value: () });
+    if let Err(e) = commit_with_entry(client, entry, nothing).await {
+        tracing::warn!(%method, %actor, error = %e.message(), "audit entry lost");
     }
 }
 

@@ -82,6 +82,19 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Issue (or renew) a replica's node CA, which signs the certificates of
+    /// enrolling nodes, with the cluster CA of an `init` folder.
+    IssueNodeCa {
+        /// The folder `init` wrote (with ca.pem and ca.key).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The replica the node CA is for.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        replica_id: u64,
+        /// Where to write node-ca.pem and node-ca.key (default: DATA_DIR/replica-<id>).
+        #[arg(long)]
+        replica_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -136,6 +149,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::IssueNodeCa { data_dir, replica_id, replica_dir } => {
+            let replica_dir = replica_dir.unwrap_or_else(|| bootstrap::replica_dir(&data_dir, replica_id));
+            match bootstrap::issue_node_ca(&data_dir, replica_id, &replica_dir) {
+                Ok(files) => {
+                    println!("Issued the node CA of replica {replica_id}:");
+                    for file in files {
+                        println!("  {}", file.display());
+                    }
+                    println!("Restart the replica to enroll nodes with it.");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: issue-node-ca failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { nodes, fast, failing_flavor } => {
             let opts = DemoOptions {
                 nodes: nodes as usize,
@@ -168,7 +198,7 @@ fn print_init_report(opts: &InitOptions, report: &InitReport) {
         report.admin_token_id,
         bootstrap::ADMIN_TOKEN_FILE
     );
-    println!("Keep ca.key offline: it is needed only to issue replica certificates.");
+    println!("Keep ca.key offline: it is needed only to issue replica certificates and node CAs.");
     println!();
     println!("Start the replicas (replica {} bootstraps the cluster):", opts.replicas[0].id);
     for (spec, dir) in &report.replica_dirs {

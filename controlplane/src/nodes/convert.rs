@@ -9,7 +9,7 @@
 
 use kairos_fleet_proto::fleet::v1 as pb;
 
-use crate::fleet::identity::NodeIdentity;
+use crate::fleet::identity::{IdentityError, NodeIdentity};
 use crate::fleet::model::ImageFamily;
 
 /// Longest accepted value of one identity field.
@@ -63,7 +63,18 @@ pub fn identity_from_pb(identity: &pb::NodeIdentity) -> Result<NodeIdentity, Ide
     if identity.fips {
         text.push_str("KAIROS_FIPS=\"true\"\n");
     }
-    NodeIdentity::parse(&text).map_err(|e| IdentityFieldError { field: "identity".into(), rule: e.to_string() })
+    NodeIdentity::parse(&text).map_err(|e| {
+        // Name the wire field the parser's complaint is about.
+        let field = match &e {
+            IdentityError::Invalid { key, error } => {
+                fields.iter().find(|(_, k, _)| k == key).map_or(error.field, |(field, _, _)| *field)
+            }
+            IdentityError::Missing { field, .. } => *field,
+            IdentityError::Syntax { .. } => "",
+        };
+        let field = if field.is_empty() { "identity".to_owned() } else { format!("identity.{field}") };
+        IdentityFieldError { field, rule: e.to_string() }
+    })
 }
 
 /// The wire form of a domain identity; `release_file` is the path it was

@@ -40,6 +40,20 @@ fn wire_identity_without_a_release_is_refused() {
     wire.image_repo.clear();
     let err = identity_from_pb(&wire).expect_err("no release");
     assert!(err.rule.contains("release"), "{err}");
+    assert_eq!(err.field, "identity.release");
+}
+
+#[test]
+fn wire_identity_with_a_bad_value_names_the_wire_field() {
+    let domain = NodeIdentity::parse(UBUNTU_RELEASE).expect("valid release file");
+    let mut wire = identity_to_pb(&domain, "/etc/kairos-release");
+    wire.arch = "sparc".into();
+    assert_eq!(identity_from_pb(&wire).expect_err("bad arch").field, "identity.arch");
+    let mut wire = identity_to_pb(&domain, "/etc/kairos-release");
+    wire.release = "two".into();
+    let err = identity_from_pb(&wire).expect_err("bad release");
+    assert_eq!(err.field, "identity.release");
+    assert!(err.to_string().starts_with("identity.release: KAIROS_RELEASE: release: must be"), "{err}");
 }
 
 #[test]

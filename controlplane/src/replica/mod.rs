@@ -30,6 +30,7 @@ pub use server::{connection_limit, MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STRE
 use crate::api::node::Enroller;
 use crate::api::{AdminApi, ClusterApi, NodeApi, ReleaseApi};
 use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
+use crate::security::NodeIssuer;
 use crate::sessions::{SessionSettings, Sessions};
 use crate::store::{Access, KvReader, NodeId, Raft, ReplicaNode, Request, Response, Store, StoreError};
 
@@ -119,6 +120,9 @@ pub struct ReplicaConfig {
     pub raft: RaftTuning,
     /// Node session timing and batching.
     pub sessions: SessionSettings,
+    /// This replica's node-issuing intermediate CA (`node-ca.pem`); without
+    /// it the replica enrolls no node (Enroll answers FAILED_PRECONDITION).
+    pub node_ca: Option<Arc<NodeIssuer>>,
 }
 
 impl fmt::Debug for ReplicaConfig {
@@ -130,6 +134,7 @@ impl fmt::Debug for ReplicaConfig {
             .field("data_dir", &self.data_dir)
             .field("bootstrap", &self.bootstrap)
             .field("raft", &self.raft)
+            .field("node_ca", &self.node_ca.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -224,7 +229,9 @@ impl Replica {
             .add_service(ClusterApi::new(client.clone()).into_server())
             .add_service(ReleaseApi::new(client.clone()).into_server())
             .add_service(AdminApi::new(client.clone()).into_server())
-            .add_service(NodeApi::new(Enroller::new(client.clone()), sessions.clone()).into_server());
+            .add_service(
+                NodeApi::new(Enroller::new(client.clone(), config.node_ca.clone()), sessions.clone()).into_server(),
+            );
         let server = server::ServerTask::spawn(router, listener);
         let handle = ReplicaHandle { client, sessions, server, health, local_addr, data_dir: config.data_dir };
 

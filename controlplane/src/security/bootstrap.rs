@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::fs::{create_dir, read_text, write_private, write_public};
 use super::pki::{CA_CERT_FILE, CA_KEY_FILE};
 use super::token::{generate_token, Role, TokenId, TokenRecord};
-use super::{Ca, ReplicaCredentials, SecurityError};
+use super::{Ca, NodeIssuer, ReplicaCredentials, SecurityError};
 use crate::cli_config::{CliConfig, Context};
 
 /// A replica's own configuration file, in its data dir.
@@ -240,6 +240,7 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitReport, SecurityError> {
         let replica_dir = replica_dir(dir, spec.id);
         ReplicaCredentials::issue(&ca, spec.id, std::slice::from_ref(&spec.host))?.save(&replica_dir)?;
         files.extend(["ca.pem", "replica.pem", "replica.key"].map(|f| replica_dir.join(f)));
+        files.extend(NodeIssuer::issue(&ca, spec.id)?.save(&replica_dir)?);
         let bootstrap = i == 0;
         let config = ReplicaConfig {
             id: spec.id,
@@ -266,6 +267,25 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitReport, SecurityError> {
     files.push(cli_path);
 
     Ok(InitReport { files, replica_dirs, admin_token_id: admin.id().clone() })
+}
+
+/// Issues replica `replica_id`'s node-issuing intermediate CA with the
+/// cluster CA in `init_dir` (which needs `ca.key`) and writes it into
+/// `replica_dir`, replacing one that is there; returns the files written.
+///
+/// For replica folders that predate node CAs, or to renew one. Node
+/// certificates the old intermediate signed stay valid: each node presents
+/// its own intermediate, and the root still trusts it.
+pub fn issue_node_ca(init_dir: &Path, replica_id: u64, replica_dir: &Path) -> Result<Vec<PathBuf>, SecurityError> {
+    let ca = Ca::load(init_dir)?;
+    let replica_ca = read_text(&replica_dir.join(CA_CERT_FILE))?;
+    if replica_ca.trim() != ca.cert_pem().trim() {
+        return Err(SecurityError::InvalidFile {
+            path: replica_dir.join(CA_CERT_FILE),
+            reason: format!("this replica trusts another CA than {}", init_dir.join(CA_CERT_FILE).display()),
+        });
+    }
+    NodeIssuer::issue(&ca, replica_id)?.save(replica_dir)
 }
 
 /// `<init dir>/replica-<id>`: replica `id`'s data dir.

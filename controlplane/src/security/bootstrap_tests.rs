@@ -86,3 +86,39 @@ fn init_never_replaces_keys_next_to_existing_raft_data() {
     assert!(err.contains(&store.display().to_string()) && err.contains("move that folder away"), "{err}");
     assert!(!dir.path().join("ca.key").exists(), "nothing written");
 }
+
+#[test]
+fn every_replica_gets_its_own_node_ca_and_an_old_folder_can_be_given_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = InitOptions {
+        data_dir: dir.path().into(),
+        replicas: vec![spec("1=127.0.0.1:7001"), spec("2=127.0.0.1:7002")],
+        force: false,
+    };
+    let report = init_cluster(&opts).expect("init");
+    let mut subjects = Vec::new();
+    for id in [1, 2] {
+        let replica = replica_dir(dir.path(), id);
+        assert!(report.files.contains(&replica.join(super::super::node_ca::NODE_CA_KEY_FILE)));
+        let issuer = NodeIssuer::load(&replica).expect("node CA loads");
+        subjects.push(issuer.cert_pem().to_string());
+    }
+    assert_ne!(subjects[0], subjects[1], "one intermediate per replica");
+
+    // A replica folder from before node CAs: issue_node_ca gives it one.
+    let replica = replica_dir(dir.path(), 2);
+    for file in [super::super::node_ca::NODE_CA_CERT_FILE, super::super::node_ca::NODE_CA_KEY_FILE] {
+        std::fs::remove_file(replica.join(file)).expect("remove");
+    }
+    assert!(NodeIssuer::load_if_present(&replica).expect("read").is_none());
+    let written = issue_node_ca(dir.path(), 2, &replica).expect("issued");
+    assert_eq!(written.len(), 2);
+    NodeIssuer::load(&replica).expect("loads");
+
+    // A folder of another cluster is refused.
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_opts = InitOptions { data_dir: other.path().into(), ..opts };
+    init_cluster(&other_opts).expect("other init");
+    let err = issue_node_ca(dir.path(), 1, &replica_dir(other.path(), 1)).expect_err("other CA").to_string();
+    assert!(err.contains("trusts another CA"), "{err}");
+}

@@ -77,6 +77,14 @@ pub enum SecurityError {
         /// The allowed range.
         rule: &'static str,
     },
+    /// A CA certificate is expired or about to expire, so it cannot sign.
+    #[error("{what} expires at {not_after}: it can sign nothing more; issue a new one")]
+    Expired {
+        /// Which CA, e.g. `this replica's node CA (node-ca.pem)`.
+        what: String,
+        /// Its expiry.
+        not_after: String,
+    },
     /// A `--replica` flag breaks a rule.
     #[error("--replica {value:?}: {rule}")]
     InvalidReplica {

@@ -8,19 +8,23 @@
 //! <init dir>/kairosctl.toml            kairosctl config, context `default`
 //! <init dir>/replica-<id>/             one replica's data dir:
 //!   ca.pem, replica.pem, replica.key   its ReplicaCredentials
+//!   node-ca.pem, node-ca.key           its NodeIssuer: the intermediate CA that
+//!                                      signs node certificates at Enroll
 //!   replica.toml                       its ReplicaConfig (id, listen, bootstrap)
 //!   bootstrap-tokens.toml              first replica only: token records to seed
 //! ```
 //!
 //! Identity rules: a certificate's subject CN is `replica-<id>` for a
 //! replica, `node-<machine id>` for a node; the CA, not the requester,
-//! decides it. Operators authenticate with bearer tokens (`kft_<id>_<secret>`)
+//! decides it. Node certificates are signed by a replica's intermediate
+//! ([`node_ca`]) and verified against the root like every other. Operators authenticate with bearer tokens (`kft_<id>_<secret>`)
 //! and need no certificate.
 
 pub mod bootstrap;
 pub mod credentials;
 mod error;
 pub(crate) mod fs;
+pub mod node_ca;
 pub mod peer;
 pub mod pki;
 pub mod token;
@@ -30,6 +34,7 @@ use std::sync::Once;
 pub use bootstrap::{BootstrapTokens, InitOptions, InitReport, ReplicaConfig, ReplicaSpec};
 pub use credentials::{client_tls_for_operator, ReplicaCredentials};
 pub use error::SecurityError;
+pub use node_ca::{NodeCertificate, NodeCsr, NodeIssuer};
 pub use peer::{peer_identity, PeerIdentity};
 pub use pki::{Ca, CertifiedKey};
 pub use token::{generate_token, hash_secret, parse_token, verify, AuthError, Role, Secret, TokenId, TokenRecord};

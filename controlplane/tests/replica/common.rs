@@ -106,6 +106,7 @@ impl Slot {
             bootstrap,
             raft,
             sessions: SessionSettings::with_heartbeat(Duration::from_millis(500)),
+            node_ca: None,
         };
         match Replica::start(config).await {
             Ok(handle) => handle,

@@ -119,15 +119,11 @@ pub enum EnrollError {
 }
 
 impl From<EnrollError> for Status {
-    /// A wrong token is UNAUTHENTICATED (the caller proved nothing); a
-    /// genuine token that may no longer be used is PERMISSION_DENIED.
+    /// UNAUTHENTICATED, as `NodeService.Enroll` documents: a bootstrap token
+    /// is the caller's only credential, and it does not authenticate them,
+    /// whether it is wrong, expired, revoked or used up. The message says which.
     fn from(e: EnrollError) -> Status {
-        match e {
-            EnrollError::Wrong { .. } => Status::unauthenticated(e.to_string()),
-            EnrollError::Expired { .. } | EnrollError::UsedUp { .. } | EnrollError::Revoked { .. } => {
-                Status::permission_denied(e.to_string())
-            }
-        }
+        Status::unauthenticated(e.to_string())
     }
 }
 

@@ -46,7 +46,7 @@ fn a_token_with_max_uses_is_used_up_after_that_many_enrollments() {
     assert_eq!(err, EnrollError::UsedUp { id: record.id.clone(), max_uses: 1 });
     assert!(!spent.usable(CREATED));
     let status = Status::from(err);
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("used up (1 of 1 enrollments)"), "{status:?}");
 }
 
@@ -58,7 +58,7 @@ fn zero_max_uses_means_unlimited_until_expiry() {
     let err = consume_enroll_token(&record, &bootstrap, CREATED + HOUR).unwrap_err();
     assert_eq!(err, EnrollError::Expired { id: record.id.clone(), at_ms: CREATED + HOUR });
     let status = Status::from(err);
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("expired at 2023-11-14T23:13:20Z"), "{status:?}");
 }
 
@@ -69,7 +69,7 @@ fn a_revoked_token_is_refused_even_with_uses_left() {
     record.revoked_at_ms = Some(CREATED + 5);
     let err = consume_enroll_token(&record, &bootstrap, CREATED + 10).unwrap_err();
     assert_eq!(err, EnrollError::Revoked { id: record.id.clone() });
-    assert_eq!(Status::from(err).code(), Code::PermissionDenied);
+    assert_eq!(Status::from(err).code(), Code::Unauthenticated);
 }
 
 #[test]

@@ -1,23 +1,345 @@
-//! Enrollment: a bootstrap token and a CSR in, a node certificate out.
+//! `NodeService.Enroll`: a new node trades a bootstrap (enroll) token and a
+//! certificate signing request for a node certificate.
+//!
+//! 1. Every field is checked; a bad one is INVALID_ARGUMENT naming it.
+//! 2. The replica's intermediate ([`NodeIssuer`]) signs the certificate:
+//!    local and cheap, and nothing leaves the replica yet.
+//! 3. One transaction spends one use of the token, creates or refreshes
+//!    `nodes/<machine id>` and appends the audit entry, guarded by the mod
+//!    revisions of the token and node records it read. A lost race is
+//!    planned again on the newer state, so concurrent enrollments never
+//!    spend more uses than the token has.
+//! 4. Only a committed enrollment returns the certificate.
+//!
+//! Refusals of a genuine token id (wrong secret, expired, revoked, used up)
+//! are audited with the token id and machine id, never the secret.
+
+use std::sync::Arc;
 
 use kairos_fleet_proto::fleet::v1 as pb;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
+use crate::api::admin::{consume_enroll_token, enroll_token_id, EnrollError, EnrollTokenRecord, ENROLL_TOKENS_PREFIX};
+use crate::api::audit::{self, code_name, commit_with_entry, method, truncate, AuditRecord, Outcome, Planned};
+use crate::api::auth::now_ms;
+use crate::nodes::{check_node_id, family_to_pb, identity_from_pb, node_key, read_node, NodeRecord};
 use crate::replica::ReplicaClient;
+use crate::security::node_ca::{NODE_CA_CERT_FILE, NODE_CA_KEY_FILE};
+use crate::security::{NodeCsr, NodeIssuer, SecurityError, TokenId};
+use crate::store::{Compare, CompareOp, KvReader, Op};
 
-/// Signs node certificates for enroll requests.
+/// Longest bootstrap token accepted, in characters.
+pub const MAX_BOOTSTRAP_TOKEN_CHARS: usize = 256;
+/// Longest hostname accepted, in characters.
+pub const MAX_HOSTNAME_CHARS: usize = 253;
+/// Longest audit summary and error message kept (the audit log's limit).
+const MAX_AUDIT_TEXT: usize = 1024;
+
+/// Answers `NodeService.Enroll` on one replica.
+#[derive(Clone)]
 pub struct Enroller {
-    _client: ReplicaClient,
+    client: ReplicaClient,
+    issuer: Option<Arc<NodeIssuer>>,
+}
+
+/// A request whose fields all passed their checks.
+struct Enrollment {
+    token_id: TokenId,
+    node_id: String,
+    hostname: String,
+    identity: pb::NodeIdentity,
+    family: pb::ImageFamily,
+    family_text: String,
+    csr: NodeCsr,
+}
+
+/// Who asked, from where, when: what the audit entries of one call share.
+struct Audited {
+    actor: String,
+    target: String,
+    summary: String,
+    peer: String,
+    received_ms: i64,
+    replica_id: u64,
+}
+
+impl Audited {
+    fn entry(&self, outcome: Outcome, error: Option<&Status>) -> AuditRecord {
+        AuditRecord {
+            sequence: 0,
+            time_ms: self.received_ms,
+            actor: self.actor.clone(),
+            role: None,
+            method: method::ENROLL.to_owned(),
+            target: self.target.clone(),
+            summary: self.summary.clone(),
+            outcome,
+            status_code: code_name(error.map_or(Code::Ok, Status::code)),
+            error_message: error.map(|e| truncate(e.message(), MAX_AUDIT_TEXT)).unwrap_or_default(),
+            peer_address: self.peer.clone(),
+            replica_id: self.replica_id,
+        }
+    }
 }
 
 impl Enroller {
-    /// An enroller writing through `client`.
-    pub fn new(client: ReplicaClient) -> Self {
-        Enroller { _client: client }
+    /// Enrolls through `client`'s replica, signing with `issuer`; without
+    /// an issuer every enrollment is FAILED_PRECONDITION.
+    pub fn new(client: ReplicaClient, issuer: Option<Arc<NodeIssuer>>) -> Self {
+        Enroller { client, issuer }
     }
 
-    /// Serves one `Enroll` call.
-    pub async fn enroll(&self, _request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
-        Err(Status::unimplemented("enrollment is not available on this replica"))
+    /// Handles one Enroll call (see the module docs for the steps).
+    pub async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let received_ms = jiff::Timestamp::now().as_millisecond();
+        let req = request.into_inner();
+        let enrollment = check_request(&req)?;
+        let Some(issuer) = self.issuer.as_deref() else {
+            return Err(self.no_issuer());
+        };
+        let certificate = issuer.sign(&enrollment.csr, &enrollment.node_id).map_err(signing_status)?;
+        let not_after_ms = u64::try_from(certificate.not_after.unix_timestamp()).unwrap_or(0).saturating_mul(1000);
+
+        let audited = Audited {
+            actor: format!("enroll-token:{}", enrollment.token_id),
+            target: format!("node/{}", enrollment.node_id),
+            summary: truncate(
+                &format!(
+                    "machine_id={} hostname={:?} family={} key={}",
+                    enrollment.node_id,
+                    enrollment.hostname,
+                    enrollment.family_text,
+                    enrollment.csr.key_type()
+                ),
+                MAX_AUDIT_TEXT,
+            ),
+            peer,
+            received_ms,
+            replica_id: self.client.id(),
+        };
+        let mut refusal: Option<EnrollError> = None;
+        let plan =
+            |reader: &KvReader| plan_enrollment(reader, &enrollment, &req.bootstrap_token, not_after_ms, &mut refusal);
+        let committed = commit_with_entry(&self.client, audited.entry(Outcome::Succeeded, None), plan).await;
+        let (record, reenrolled) = match committed {
+            Ok(done) => done,
+            Err(status) => {
+                if refusal.is_some() {
+                    audit::append(&self.client, audited.entry(Outcome::Denied, Some(&status))).await;
+                }
+                tracing::info!(
+                    token_id = %enrollment.token_id,
+                    machine_id = %enrollment.node_id,
+                    peer = %audited.peer,
+                    code = ?status.code(),
+                    error = %status.message(),
+                    "enrollment refused"
+                );
+                return Err(status);
+            }
+        };
+        tracing::info!(
+            node_id = %record.node_id,
+            token_id = %enrollment.token_id,
+            reenrolled,
+            not_after_ms,
+            "node enrolled"
+        );
+        Ok(Response::new(pb::EnrollResponse {
+            node_id: record.node_id.clone(),
+            certificate_chain_pem: certificate.chain_pem,
+            ca_bundle_pem: issuer.ca_bundle_pem().to_owned(),
+            server_endpoints: self.server_endpoints(),
+            certificate_not_after: Some(prost_types::Timestamp {
+                seconds: certificate.not_after.unix_timestamp(),
+                nanos: 0,
+            }),
+            labels: record.enrollment_labels.into_iter().collect(),
+        }))
+    }
+
+    /// `https://host:port` of every replica in the raft membership, by id.
+    fn server_endpoints(&self) -> Vec<String> {
+        let metrics = self.client.raft().metrics().borrow().clone();
+        metrics.membership_config.membership().nodes().map(|(_, node)| format!("https://{}", node.addr)).collect()
+    }
+
+    fn no_issuer(&self) -> Status {
+        let id = self.client.id();
+        Status::failed_precondition(format!(
+            "replica {id} cannot issue node certificates: its data dir has no {NODE_CA_CERT_FILE} and \
+             {NODE_CA_KEY_FILE}; create them where the cluster CA key is with `kairos-controlplane issue-node-ca \
+             --data-dir <init dir> --replica-id {id}`, copy them into the replica's folder and restart it, or \
+             enroll through another replica"
+        ))
+    }
+}
+
+/// Checks every field; errors are INVALID_ARGUMENT naming the field and rule.
+fn check_request(req: &pb::EnrollRequest) -> Result<Enrollment, Status> {
+    let invalid = |message: String| Status::invalid_argument(message);
+    let token_id = check_bootstrap_token(&req.bootstrap_token)?;
+    check_node_id("machine_id", &req.machine_id).map_err(invalid)?;
+    if req.machine_id.bytes().all(|b| b == b'0') {
+        return Err(invalid("machine_id: must not be all zeros, which is an uninitialised machine id".into()));
+    }
+    let hostname_chars = req.hostname.chars().count();
+    if hostname_chars > MAX_HOSTNAME_CHARS {
+        return Err(invalid(format!("hostname: at most {MAX_HOSTNAME_CHARS} characters (got {hostname_chars})")));
+    }
+    if req.hostname.chars().any(char::is_control) {
+        return Err(invalid("hostname: must not contain control characters".into()));
+    }
+    let wire = req.identity.as_ref().ok_or_else(|| {
+        invalid(
+            "identity: required: the node's /etc/kairos-release fields (flavor, variant, arch, release, ...)".into(),
+        )
+    })?;
+    let identity = identity_from_pb(wire).map_err(|e| invalid(e.to_string()))?;
+    let csr = NodeCsr::parse(&req.csr_pem).map_err(|e| invalid(format!("csr_pem: {e}")))?;
+    let family = identity.family();
+    Ok(Enrollment {
+        token_id,
+        node_id: req.machine_id.clone(),
+        hostname: req.hostname.clone(),
+        identity: wire.clone(),
+        family: family_to_pb(&family),
+        family_text: family.to_string(),
+        csr,
+    })
+}
+
+/// The token id of a well-formed bootstrap token. The messages never echo
+/// the token: it is a secret even when it is the wrong one.
+fn check_bootstrap_token(token: &str) -> Result<TokenId, Status> {
+    let invalid = |rule: String| Status::invalid_argument(format!("bootstrap_token: {rule}"));
+    let chars = token.chars().count();
+    if token.is_empty() {
+        return Err(invalid("required: the enroll token `kairosctl enroll-tokens create` printed".into()));
+    }
+    if chars > MAX_BOOTSTRAP_TOKEN_CHARS {
+        return Err(invalid(format!("at most {MAX_BOOTSTRAP_TOKEN_CHARS} characters (got {chars})")));
+    }
+    if token.trim().starts_with("kft_") {
+        return Err(invalid(
+            "this is an operator token (kft_...); Enroll takes an enroll token (kfe_...) from \
+             `kairosctl enroll-tokens create`"
+                .into(),
+        ));
+    }
+    enroll_token_id(token).map_err(|_| invalid("must be an enroll token of the form kfe_<8 hex>_<64 hex>".into()))
+}
+
+/// Spends one use of the token and creates or refreshes the node record,
+/// on `reader`'s state; a refused token is left in `refusal` for the audit.
+fn plan_enrollment(
+    reader: &KvReader,
+    enrollment: &Enrollment,
+    bootstrap_token: &str,
+    not_after_ms: u64,
+    refusal: &mut Option<EnrollError>,
+) -> Result<Planned<(NodeRecord, bool)>, Status> {
+    let token_key = format!("{ENROLL_TOKENS_PREFIX}{}", enrollment.token_id);
+    let stored = reader.get(token_key.as_bytes()).map_err(|e| Status::internal(e.to_string()))?;
+    let Some(token_kv) = stored else {
+        // Not audited: anyone could fill the log with made-up ids.
+        return Err(Status::from(EnrollError::Wrong {
+            reason: format!(
+                "enroll token {} does not exist (if it was created a moment ago, retry in a few seconds)",
+                enrollment.token_id
+            ),
+        }));
+    };
+    let token: EnrollTokenRecord = serde_json::from_slice(&token_kv.value)
+        .map_err(|e| Status::internal(format!("stored record {token_key} does not decode: {e}")))?;
+    let now = now_ms();
+    let spent = consume_enroll_token(&token, bootstrap_token, now).map_err(|e| {
+        *refusal = Some(e.clone());
+        Status::from(e)
+    })?;
+
+    let node_key = node_key(&enrollment.node_id);
+    let existing = read_node(reader, &enrollment.node_id).map_err(|e| Status::internal(e.to_string()))?;
+    let (node_guard, reenrolled, mut record) = match existing {
+        Some(stored) => {
+            (Compare::mod_revision(node_key.as_str(), CompareOp::Equal, stored.mod_revision), true, stored.record)
+        }
+        None => (
+            Compare::missing(node_key.as_str()),
+            false,
+            NodeRecord {
+                node_id: enrollment.node_id.clone(),
+                machine_id: enrollment.node_id.clone(),
+                state: pb::NodeState::Idle as i32,
+                boot_state: pb::BootState::Unknown as i32,
+                enrolled_at_ms: now,
+                state_changed_at_ms: now,
+                ..NodeRecord::default()
+            },
+        ),
+    };
+    // A known machine keeps its status and state; what enrollment says
+    // about it is refreshed.
+    record.hostname = enrollment.hostname.clone();
+    record.identity = Some(enrollment.identity.clone());
+    record.family = Some(enrollment.family.clone());
+    record.enrollment_labels = spent.labels.clone();
+    record.enrolled_with = spent.id.to_string();
+    record.certificate_not_after_ms = not_after_ms;
+
+    let token_value = serde_json::to_vec(&spent).map_err(|e| Status::internal(format!("encoding {token_key}: {e}")))?;
+    Ok(Planned {
+        compares: vec![Compare::mod_revision(token_key.as_str(), CompareOp::Equal, token_kv.mod_revision), node_guard],
+        ops: vec![Op::put(token_key.as_str(), token_value), Op::put(node_key.as_str(), record.encode())],
+        target: format!("node/{}", enrollment.node_id),
+        value: (record, reenrolled),
+    })
+}
+
+/// The status of a failed signing: an expired intermediate is the
+/// replica's problem, a CSR the node's.
+fn signing_status(e: SecurityError) -> Status {
+    match e {
+        SecurityError::Expired { .. } => Status::failed_precondition(e.to_string()),
+        SecurityError::InvalidCsr { .. } => Status::invalid_argument(format!("csr_pem: {e}")),
+        SecurityError::InvalidName { .. } => Status::invalid_argument(format!("machine_id: {e}")),
+        other => Status::internal(format!("signing the node certificate: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_token_errors_name_the_field_and_never_echo_the_token() {
+        let operator = format!("kft_0123abcd_{}", "a".repeat(64));
+        let long = format!("kfe_0123abcd_{}", "b".repeat(300));
+        let cases: [(&str, &str); 4] = [
+            ("", "required"),
+            (&long, "at most 256 characters"),
+            (&operator, "this is an operator token"),
+            ("kfe_secretsecret", "kfe_<8 hex>_<64 hex>"),
+        ];
+        for (token, rule) in cases {
+            let status = check_bootstrap_token(token).expect_err(rule);
+            assert_eq!(status.code(), Code::InvalidArgument, "{rule}");
+            assert!(status.message().starts_with("bootstrap_token: "), "{}", status.message());
+            assert!(status.message().contains(rule), "{}", status.message());
+            assert!(token.is_empty() || !status.message().contains(token), "echoed: {}", status.message());
+        }
+        let good = format!("kfe_0123abcd_{}", "c".repeat(64));
+        assert_eq!(check_bootstrap_token(&good).map(|id| id.to_string()).ok().as_deref(), Some("0123abcd"));
+    }
+
+    #[test]
+    fn an_expired_intermediate_is_the_replicas_precondition_not_the_nodes_argument() {
+        let expired = SecurityError::Expired { what: "node-ca.pem".into(), not_after: "yesterday".into() };
+        assert_eq!(signing_status(expired).code(), Code::FailedPrecondition);
+        let csr = SecurityError::InvalidCsr { reason: "bad".into() };
+        let status = signing_status(csr);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with("csr_pem: "), "{}", status.message());
     }
 }
