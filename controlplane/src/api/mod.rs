@@ -17,6 +17,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cluster;
+pub mod fleet;
 pub mod release;
 
 use tonic::metadata::MetadataValue;
@@ -24,6 +25,7 @@ use tonic::Status;
 
 pub use admin::AdminApi;
 pub use cluster::ClusterApi;
+pub use fleet::FleetApi;
 pub use release::ReleaseApi;
 
 use crate::replica::{LeaderHint, ReadError, WriteError};

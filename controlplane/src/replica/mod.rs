@@ -1,6 +1,6 @@
 //! One control-plane replica: the replicated store, its raft node, and the
 //! gRPC port serving `RaftService`, `ClusterService`, `ReleaseService`,
-//! `AdminService` and gRPC health, with TLS supplied by the caller.
+//! `AdminService`, `FleetService` and gRPC health, with TLS supplied by the caller.
 //!
 //! ```text
 //! Replica::start(config) ──► ReplicaHandle ──shutdown()──► port closed, raft stopped, sled flushed
@@ -27,7 +27,7 @@ use tonic_health::server::HealthReporter;
 pub use client::{Committed, LeaderHint, ReadError, ReplicaClient, WriteError};
 pub use server::{MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS};
 
-use crate::api::{AdminApi, ClusterApi, ReleaseApi};
+use crate::api::{AdminApi, ClusterApi, FleetApi, ReleaseApi};
 use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
 use crate::store::{Access, KvReader, NodeId, Raft, ReplicaNode, Request, Response, Store, StoreError};
 
@@ -42,6 +42,7 @@ const HEALTH_SERVICES: &[&str] = &[
     "kairos.fleet.v1.ClusterService",
     "kairos.fleet.v1.ReleaseService",
     "kairos.fleet.v1.AdminService",
+    "kairos.fleet.v1.FleetService",
 ];
 
 /// raft timing and log compaction of a replica.
@@ -217,7 +218,8 @@ impl Replica {
             .add_service(RaftRpcService::new(config.id, raft.clone()).into_server())
             .add_service(ClusterApi::new(client.clone()).into_server())
             .add_service(ReleaseApi::new(client.clone()).into_server())
-            .add_service(AdminApi::new(client.clone()).into_server());
+            .add_service(AdminApi::new(client.clone()).into_server())
+            .add_service(FleetApi::new(client.clone()).into_server());
         let server = server::ServerTask::spawn(router, listener);
         let handle = ReplicaHandle { client, server, health, local_addr, data_dir: config.data_dir };
 
