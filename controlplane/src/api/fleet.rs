@@ -56,12 +56,20 @@ const MAX_PAGE: usize = 1000;
 pub struct FleetApi {
     client: ReplicaClient,
     watch_limits: WatchLimits,
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl FleetApi {
     /// The service answering through `client`'s replica.
     pub fn new(client: ReplicaClient) -> Self {
-        FleetApi { client, watch_limits: WatchLimits::default() }
+        FleetApi { client, watch_limits: WatchLimits::default(), stopping: None }
+    }
+
+    /// The same service, ending its WatchNodes streams (UNAVAILABLE, with
+    /// the revision to resume from) once `stopping` turns true or its
+    /// sender is dropped.
+    pub fn with_shutdown(self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        FleetApi { stopping: Some(stopping), ..self }
     }
 
     /// The same service with other bounds for WatchNodes streams.
@@ -252,7 +260,13 @@ impl FleetService for FleetApi {
         authorize(self.client.reader(), &request, Role::Viewer)?;
         let req = request.into_inner();
         let matcher = NodeMatcher::new("filter", req.filter.as_ref())?;
-        let stream = watch::start(self.client.reader().clone(), matcher, req.resume_revision, self.watch_limits)?;
+        let stream = watch::start(
+            self.client.reader().clone(),
+            matcher,
+            req.resume_revision,
+            self.watch_limits,
+            self.stopping.clone(),
+        )?;
         Ok(Response::new(stream))
     }
 

@@ -210,6 +210,8 @@ impl Replica {
         let retry_budget = Duration::from_millis(config.raft.election_max_ms * 3).max(Duration::from_secs(3));
         let client = ReplicaClient::new(config.id, raft.clone(), reader, peers, retry_budget);
 
+        // Tells long-lived streams (WatchNodes) to end when shutdown begins.
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let (health, health_service) = tonic_health::server::health_reporter();
         // Until raft runs, probes must not send traffic here.
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
@@ -219,9 +221,9 @@ impl Replica {
             .add_service(ClusterApi::new(client.clone()).into_server())
             .add_service(ReleaseApi::new(client.clone()).into_server())
             .add_service(AdminApi::new(client.clone()).into_server())
-            .add_service(FleetApi::new(client.clone()).into_server());
+            .add_service(FleetApi::new(client.clone()).with_shutdown(stopping_rx).into_server());
         let server = server::ServerTask::spawn(router, listener);
-        let handle = ReplicaHandle { client, server, health, local_addr, data_dir: config.data_dir };
+        let handle = ReplicaHandle { client, server, health, stopping, local_addr, data_dir: config.data_dir };
 
         if config.bootstrap {
             if let Err(e) = bootstrap(&raft, config.id, &config.advertise).await {
@@ -263,6 +265,7 @@ pub struct ReplicaHandle {
     client: ReplicaClient,
     server: server::ServerTask,
     health: HealthReporter,
+    stopping: tokio::sync::watch::Sender<bool>,
     local_addr: SocketAddr,
     data_dir: PathBuf,
 }
@@ -303,9 +306,11 @@ impl ReplicaHandle {
     /// call returns once sled has flushed and released the data dir (so the
     /// same dir can be reopened at once, in this process or another).
     pub async fn shutdown(self) -> Result<(), ReplicaError> {
-        let ReplicaHandle { client, server, health, local_addr, data_dir } = self;
+        let ReplicaHandle { client, server, health, stopping, local_addr, data_dir } = self;
         let started = Instant::now();
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
+        // Streams end now rather than hold the port open for the grace period.
+        stopping.send_replace(true);
         let served = server.stop(SHUTDOWN_GRACE).await;
         let raft = client.raft().clone();
         let stopped = raft.shutdown().await.map_err(ReplicaError::from);

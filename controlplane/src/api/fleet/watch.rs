@@ -23,6 +23,8 @@
 //!   [`WatchLimits::queued_events`] events pile up gets, after the queued
 //!   ones, RESOURCE_EXHAUSTED naming the revision to resume from; so does
 //!   a watch that falls behind the feed itself (`Lagged`).
+//! - When the replica shuts down, streams end with UNAVAILABLE and the
+//!   revision to resume from (on another replica).
 //! - When the replica installs a snapshot from the leader (`Reset`), the
 //!   changes in between are unknown: the stream ends with OUT_OF_RANGE
 //!   asking the client to list (or watch from 0) again.
@@ -37,7 +39,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use kairos_fleet_proto::fleet::v1 as pb;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -166,6 +168,7 @@ pub fn start(
     matcher: NodeMatcher,
     resume_revision: u64,
     limits: WatchLimits,
+    stopping: Option<watch::Receiver<bool>>,
 ) -> Result<EventStream, Status> {
     let catalog = Catalog::load(&reader)?;
     let (feed, replay, snapshot) = if resume_revision == 0 {
@@ -192,8 +195,10 @@ pub fn start(
         limits,
         tx,
         shared: Arc::clone(&shared),
+        stopping,
         known: Known { complete: snapshot.is_some(), matched: HashMap::new() },
         after: snapshot.unwrap_or(resume_revision),
+        resumable: snapshot.is_none(),
     };
     tokio::spawn(watcher.run(feed, replay, snapshot));
     Ok(EventStream { rx, current: Vec::new().into_iter(), shared, done: false })
@@ -206,9 +211,14 @@ struct Watcher {
     limits: WatchLimits,
     tx: mpsc::Sender<Vec<pb::NodeEvent>>,
     shared: Arc<Shared>,
+    /// Turns true when the replica shuts down.
+    stopping: Option<watch::Receiver<bool>>,
     known: Known,
     /// Every batch up to this revision is handled (and its events queued).
     after: u64,
+    /// The client has been sent the whole snapshot (or is resuming), so
+    /// `after` is a valid resume point for it.
+    resumable: bool,
 }
 
 impl Watcher {
@@ -235,25 +245,36 @@ impl Watcher {
         loop {
             let received = tokio::select! {
                 _ = self.tx.closed() => return Err(Stop::ClientGone),
+                () = stopped(&mut self.stopping) => return Err(self.shutting_down()),
                 received = feed.recv() => received,
             };
             match received {
                 Ok(batch) => self.apply(&batch)?,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     return Err(Stop::Fail(Status::resource_exhausted(format!(
-                        "this watch fell {missed} batches behind the replica's changes; watch again with \
-                         resume_revision {}",
-                        self.after
+                        "this watch fell {missed} batches behind the replica's changes; {}",
+                        self.resume_advice()
                     ))))
                 }
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Err(Stop::Fail(Status::unavailable(format!(
-                        "the replica is shutting down; watch again with resume_revision {}",
-                        self.after
-                    ))))
-                }
+                Err(broadcast::error::RecvError::Closed) => return Err(self.shutting_down()),
             }
         }
+    }
+
+    /// How the client continues after the stream ends.
+    fn resume_advice(&self) -> String {
+        if self.resumable {
+            format!("watch again with resume_revision {}", self.after)
+        } else {
+            "watch again from the start (resume_revision 0)".to_owned()
+        }
+    }
+
+    fn shutting_down(&self) -> Stop {
+        Stop::Fail(Status::unavailable(format!(
+            "the replica is shutting down; {} (another replica can serve it)",
+            self.resume_advice()
+        )))
     }
 
     /// Every matching node as EXISTING, then SYNCED, all at `revision`.
@@ -271,19 +292,27 @@ impl Watcher {
             }
         }
         batch.push(event(pb::NodeEventKind::Synced, None, revision));
-        self.send_waiting(batch).await
+        self.send_waiting(batch).await?;
+        self.resumable = true;
+        Ok(())
     }
 
     /// Queues a snapshot batch, waiting (bounded) for room.
     async fn send_waiting(&self, batch: Vec<pb::NodeEvent>) -> Result<(), Stop> {
         let len = batch.len();
         self.shared.queued.fetch_add(len, Ordering::AcqRel);
-        match tokio::time::timeout(self.limits.snapshot_send_timeout, self.tx.send(batch)).await {
+        let mut stopping = self.stopping.clone();
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(self.limits.snapshot_send_timeout, self.tx.send(batch)) => sent,
+            () = stopped(&mut stopping) => return Err(self.shutting_down()),
+        };
+        match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_closed)) => Err(Stop::ClientGone),
             Err(_elapsed) => Err(Stop::Fail(Status::resource_exhausted(format!(
-                "the client did not read the initial nodes within {:?}; watch again",
-                self.limits.snapshot_send_timeout
+                "the client did not read the initial nodes within {:?}; {}",
+                self.limits.snapshot_send_timeout,
+                self.resume_advice()
             )))),
         }
     }
@@ -294,9 +323,9 @@ impl Watcher {
         let queued = self.shared.queued.load(Ordering::Acquire);
         let behind = || {
             Stop::Fail(Status::resource_exhausted(format!(
-                "the client reads too slowly: more than {} events are waiting for it; watch again with \
-                 resume_revision {}",
-                self.limits.queued_events, self.after
+                "the client reads too slowly: more than {} events are waiting for it; {}",
+                self.limits.queued_events,
+                self.resume_advice()
             )))
         };
         // An empty queue takes any batch, so one huge batch cannot wedge the watch.
@@ -392,6 +421,15 @@ impl Watcher {
         } else {
             Ok(None)
         }
+    }
+}
+
+/// Resolves once the replica shuts down (never without a signal).
+async fn stopped(stopping: &mut Option<watch::Receiver<bool>>) {
+    match stopping {
+        // A dropped sender means the replica is gone: stop as well.
+        Some(rx) => drop(rx.wait_for(|stopping| *stopping).await),
+        None => std::future::pending().await,
     }
 }
 
