@@ -8,5 +8,7 @@
 
 mod common;
 mod errors;
+mod fleet;
+mod fleet_watch;
 mod snapshot;
 mod three_replicas;
