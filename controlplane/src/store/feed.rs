@@ -62,6 +62,10 @@ impl Applied {
     }
 }
 
+/// What a resuming subscriber gets: the kept batches after its revision,
+/// then a receiver of every later batch.
+pub type Resumed = (Vec<Arc<Applied>>, broadcast::Receiver<Arc<Applied>>);
+
 /// The feed of one replica's state machine; cheap to clone.
 #[derive(Clone)]
 pub struct ChangeFeed {
@@ -135,11 +139,7 @@ impl ChangeFeed {
     /// The kept batches applied after `revision`, then every later batch,
     /// without a gap between the two; `HistoryCompacted` when batches after
     /// `revision` are no longer kept.
-    pub fn subscribe_after(
-        &self,
-        revision: u64,
-        current_revision: u64,
-    ) -> Result<(Vec<Arc<Applied>>, broadcast::Receiver<Arc<Applied>>), HistoryCompacted> {
+    pub fn subscribe_after(&self, revision: u64, current_revision: u64) -> Result<Resumed, HistoryCompacted> {
         let history = self.history();
         let rx = self.inner.tx.subscribe();
         if revision >= current_revision {

@@ -78,11 +78,11 @@ pub struct Facts<'a> {
 }
 
 /// The family fields of a node: its derived family, else its identity.
-pub fn family_field<'a>(
-    record: &'a NodeRecord,
+pub fn family_field(
+    record: &NodeRecord,
     of_family: fn(&pb::ImageFamily) -> &str,
     of_identity: fn(&pb::NodeIdentity) -> &str,
-) -> &'a str {
+) -> &str {
     match (&record.family, &record.identity) {
         (Some(family), _) => of_family(family),
         (None, Some(identity)) => of_identity(identity),

@@ -170,19 +170,26 @@ pub struct Scan {
 }
 
 enum Source {
-    All { nodes: Cursor, sessions: Cursor, desired: Cursor },
+    All(Box<Cursors>),
     Ids(std::vec::IntoIter<String>),
+}
+
+/// One cursor per key space.
+struct Cursors {
+    nodes: Cursor,
+    sessions: Cursor,
+    desired: Cursor,
 }
 
 impl Scan {
     /// A scan of every node (`ids` empty) or of the nodes `ids` names.
     pub fn new(reader: KvReader, ids: &[String]) -> Scan {
         let source = if ids.is_empty() {
-            Source::All {
+            Source::All(Box::new(Cursors {
                 nodes: Cursor::new(NODES_PREFIX),
                 sessions: Cursor::new(SESSIONS_PREFIX),
                 desired: Cursor::new(DESIRED_PREFIX),
-            }
+            }))
         } else {
             let mut ids = ids.to_vec();
             ids.sort();
@@ -201,10 +208,10 @@ impl Scan {
                     let Some(id) = ids.next() else { return Ok(None) };
                     NodeRow::read(reader, &id)?
                 }
-                Source::All { nodes, sessions, desired } => {
-                    let Some((id, record)) = nodes.next(reader)? else { return Ok(None) };
-                    let session = sessions.take(reader, &id)?;
-                    let desired = desired.take(reader, &id)?;
+                Source::All(cursors) => {
+                    let Some((id, record)) = cursors.nodes.next(reader)? else { return Ok(None) };
+                    let session = cursors.sessions.take(reader, &id)?;
+                    let desired = cursors.desired.take(reader, &id)?;
                     NodeRow::assemble(&id, &record, session.as_ref(), desired)
                 }
             };
