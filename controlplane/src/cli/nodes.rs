@@ -683,7 +683,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         let header: Vec<&str> = lines[0].split_whitespace().collect();
         assert_eq!(header[..4], ["ID", "HOSTNAME", "FLAVOR", "VARIANT"]);
-        assert!(lines[1].starts_with("0123456789ab   edge-1   opensuse leap-15.5"), "{text}");
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells[..5], ["0123456789ab", "edge-1", "opensuse", "leap-15.5", "standard"], "{text}");
         assert!(lines[1].contains("rolled-back") && lines[1].contains("patch-available"), "{text}");
         assert_eq!(lines[2], "1 of 7 matching nodes");
         assert_eq!(lines[3], "next page: --page-token 0a0b");
