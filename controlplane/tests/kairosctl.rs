@@ -412,6 +412,14 @@ async fn completion_bash_prints_a_script() {
     assert!(run.stdout.contains("complete -F") && run.stdout.contains("kairosctl"), "{}", run.stdout);
 }
 
+/// The next line of a running kairosctl, as JSON.
+async fn next_json(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(STEP, lines.next_line()).await.expect("a line in time").expect("read");
+    serde_json::from_str(&line.expect("kairosctl still running")).expect("a JSON line")
+}
+
 /// The id of test node `i`.
 fn fleet_node_id(i: u32) -> String {
     format!("{:08x}{:024x}", 0xabc0_0000_u32 + i, 0)
@@ -574,5 +582,34 @@ async fn nodes_and_fleet_report_against_a_replica() {
     assert_eq!(run.code, Some(0));
     let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON document");
     assert_eq!((report["total_nodes"].as_u64(), report["by_state"][0]["state"].as_str()), (Some(1), Some("idle")));
+
+    // `nodes watch -o json`: a JSON object per line as events arrive, and
+    // the stream outlives the per-call timeout.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_kairosctl"))
+        .arg("--config")
+        .arg(&config)
+        .args(["nodes", "watch", "--flavor", "ubuntu", "-o", "json", "--timeout", "1s"])
+        .env_remove("KAIROS_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kairosctl runs");
+    let stdout = watch.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let kinds = [
+        next_json(&mut lines).await["kind"].clone(),
+        next_json(&mut lines).await["kind"].clone(),
+        next_json(&mut lines).await["kind"].clone(),
+    ];
+    assert_eq!(kinds, ["existing", "existing", "synced"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = fleet_node_id(2);
+    let session = kairos_controlplane::nodes::SessionRecord { replica_id: 1, session_id: 9, connected_at_ms: 1 };
+    let connect =
+        kairos_controlplane::store::Request::put(kairos_controlplane::nodes::session_key(&second), session.encode());
+    replica.write(connect).await.expect("connect node 2");
+    let event = next_json(&mut lines).await;
+    assert_eq!((event["kind"].as_str(), event["node"]["node_id"].as_str()), (Some("connected"), Some(second.as_str())));
+    watch.kill().await.expect("stop the watch");
     replica.shutdown().await.expect("shutdown");
 }
