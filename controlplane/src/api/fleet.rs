@@ -28,10 +28,12 @@ pub mod watch;
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_fleet_proto::fleet::v1::fleet_service_server::{FleetService, FleetServiceServer};
 use openraft::ServerState;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
@@ -50,6 +52,8 @@ use watch::{EventStream, WatchLimits};
 /// Page size when the request asks for 0, and the largest honoured.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+/// ListNodes and FleetReport calls scanning the fleet at once; more wait.
+const MAX_CONCURRENT_SCANS: usize = 4;
 
 /// `FleetService` of one replica.
 #[derive(Clone)]
@@ -57,12 +61,18 @@ pub struct FleetApi {
     client: ReplicaClient,
     watch_limits: WatchLimits,
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
+    scans: Arc<Semaphore>,
 }
 
 impl FleetApi {
     /// The service answering through `client`'s replica.
     pub fn new(client: ReplicaClient) -> Self {
-        FleetApi { client, watch_limits: WatchLimits::default(), stopping: None }
+        FleetApi {
+            client,
+            watch_limits: WatchLimits::default(),
+            stopping: None,
+            scans: Arc::new(Semaphore::new(MAX_CONCURRENT_SCANS)),
+        }
     }
 
     /// The same service, ending its WatchNodes streams (UNAVAILABLE, with
@@ -110,6 +120,23 @@ impl FleetApi {
             revision: self.client.reader().revision().map_err(store_status)?,
             staleness_bound: self.staleness_bound(linearizable),
         })
+    }
+
+    /// Runs a scan of the fleet off the async workers (a scan of 50k nodes
+    /// must not hold up raft's RPCs), at most [`MAX_CONCURRENT_SCANS`] at once.
+    async fn scan<T: Send + 'static>(
+        &self,
+        call: &'static str,
+        work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let _permit = self
+            .scans
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable(format!("{call}: the replica is shutting down")))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Status::internal(format!("{call}: the scan of the fleet failed: {e}")))?
     }
 
     fn staleness_bound(&self, linearizable: bool) -> Option<prost_types::Duration> {
@@ -223,20 +250,21 @@ impl FleetService for FleetApi {
             n => n.min(MAX_PAGE),
         };
         let meta = self.read_meta(linearizable).await?;
-        let reader = self.client.reader();
-        let catalog = Catalog::load(reader)?;
-        let mut scan = Scan::new(reader.clone(), matcher.node_ids());
-        let page = select_page(&mut scan, &matcher, &catalog, order, after.as_ref(), size)?;
-        let next_page_token = match (&page.last, page.more) {
-            (Some(last), true) => page_token(&order, req.filter.as_ref(), last),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListNodesResponse {
-            nodes: page.rows.iter().map(|row| row.to_node(&catalog)).collect(),
-            next_page_token,
-            total_size: page.total,
-            meta: Some(meta),
-        }))
+        let reader = self.client.reader().clone();
+        let (nodes, next_page_token, total_size) = self
+            .scan("ListNodes", move || {
+                let catalog = Catalog::load(&reader)?;
+                let mut scan = Scan::new(reader, matcher.node_ids());
+                let page = select_page(&mut scan, &matcher, &catalog, order, after.as_ref(), size)?;
+                let next_page_token = match (&page.last, page.more) {
+                    (Some(last), true) => page_token(&order, req.filter.as_ref(), last),
+                    _ => String::new(),
+                };
+                let nodes = page.rows.iter().map(|row| row.to_node(&catalog)).collect();
+                Ok((nodes, next_page_token, page.total))
+            })
+            .await?;
+        Ok(Response::new(pb::ListNodesResponse { nodes, next_page_token, total_size, meta: Some(meta) }))
     }
 
     async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {
@@ -278,16 +306,22 @@ impl FleetService for FleetApi {
         let req = request.into_inner();
         let matcher = NodeMatcher::new("filter", req.filter.as_ref())?;
         let meta = self.read_meta(linearizable).await?;
-        let reader = self.client.reader();
-        let catalog = Catalog::load(reader)?;
-        let mut scan = Scan::new(reader.clone(), matcher.node_ids());
-        let mut builder = ReportBuilder::default();
-        while let Some(row) = scan.next_row()? {
-            let facts = row.facts(&catalog);
-            if matcher.matches(&facts) {
-                builder.add(flavor(&row.record), release(&row.record), facts.support, row.record.state, facts.online);
-            }
-        }
+        let reader = self.client.reader().clone();
+        let (builder, catalog) = self
+            .scan("FleetReport", move || {
+                let catalog = Catalog::load(&reader)?;
+                let mut scan = Scan::new(reader, matcher.node_ids());
+                let mut builder = ReportBuilder::default();
+                while let Some(row) = scan.next_row()? {
+                    let facts = row.facts(&catalog);
+                    if matcher.matches(&facts) {
+                        let record = &row.record;
+                        builder.add(flavor(record), release(record), facts.support, record.state, facts.online);
+                    }
+                }
+                Ok((builder, catalog))
+            })
+            .await?;
         let mut report = builder.finish(catalog.latest_release());
         report.meta = Some(meta);
         Ok(Response::new(report))

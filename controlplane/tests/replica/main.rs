@@ -1,7 +1,7 @@
 //! In-process replicas on 127.0.0.1 with TLS (a throwaway CA from rcgen):
 //! membership changes through `ClusterService`, writes forwarded from
-//! followers, leader failover, snapshot catch-up, and the error codes of
-//! the public services.
+//! followers, leader failover, snapshot catch-up, the error codes of
+//! the public services, and the fleet views (`FleetService`).
 //!
 //! One test binary on purpose: every extra binary is another link on a
 //! two-core builder.
