@@ -23,12 +23,12 @@ pub enum FleetCommand {
 /// Options of `fleet report`.
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
-    /// Which nodes to count [default: all].
-    #[command(flatten)]
-    pub filter: NodeFilterArgs,
     /// How fresh the counts must be.
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Local)]
     pub consistency: ConsistencyArg,
+    /// Which nodes to count [default: all].
+    #[command(flatten)]
+    pub filter: NodeFilterArgs,
 }
 
 /// Nodes of one flavor on one release.

@@ -39,9 +39,6 @@ pub enum NodesCommand {
 /// Options of `nodes list`.
 #[derive(Debug, Clone, Args)]
 pub struct NodesListArgs {
-    /// Which nodes.
-    #[command(flatten)]
-    pub filter: NodeFilterArgs,
     /// Nodes per page, 1 to 1000 [default: 100].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: Option<u32>,
@@ -60,17 +57,21 @@ pub struct NodesListArgs {
     /// How fresh the answer must be.
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Local)]
     pub consistency: ConsistencyArg,
+    // Last: fields after a flattened group would land under its help heading.
+    /// Which nodes.
+    #[command(flatten)]
+    pub filter: NodeFilterArgs,
 }
 
 /// Options of `nodes watch`.
 #[derive(Debug, Clone, Args)]
 pub struct NodesWatchArgs {
-    /// Which nodes.
-    #[command(flatten)]
-    pub filter: NodeFilterArgs,
     /// Send only changes after this revision (from a list or an earlier event) instead of every node first.
     #[arg(long, value_name = "REVISION", default_value_t = 0)]
     pub resume_revision: u64,
+    /// Which nodes.
+    #[command(flatten)]
+    pub filter: NodeFilterArgs,
 }
 
 /// A `--sort` value.

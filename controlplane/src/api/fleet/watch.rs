@@ -17,7 +17,10 @@
 //!   REMOVED the first time it is seen (a REMOVED for a node the client
 //!   never had is a no-op for it).
 //! - Each event carries the node as of its batch (keys the batch did not
-//!   touch are read from the local store) and the batch's revision.
+//!   touch are read from the local store) and the batch's revision. A node
+//!   deleted from the fleet is REMOVED with only its id: the record is gone.
+//! - Revisions are the store's (the `ReadMeta.revision` of reads), so a
+//!   list's revision is a resume point for a watch.
 //! - The queue holds whole batches only, so the revision of the last batch
 //!   queued is an exact resume point. A client that lets more than
 //!   [`WatchLimits::queued_events`] events pile up gets, after the queued
