@@ -1,6 +1,7 @@
 //! The kairosctl binary against fake ClusterService and ReleaseService
 //! replicas on loopback, over TLS from a test CA: output formats, the
-//! bearer token, leader redirects, failover and exit codes.
+//! bearer token, leader redirects, failover and exit codes; the node and
+//! fleet views against a real one-replica cluster.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -409,4 +410,208 @@ async fn completion_bash_prints_a_script() {
     let run = kairosctl(&setup.dir.path().join("absent.toml"), &["completion", "bash"]).await;
     assert_eq!(run.code, Some(0));
     assert!(run.stdout.contains("complete -F") && run.stdout.contains("kairosctl"), "{}", run.stdout);
+}
+
+/// The next line of a running kairosctl, as JSON.
+async fn next_json(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    let line = tokio::time::timeout(STEP, lines.next_line()).await.expect("a line in time").expect("read");
+    serde_json::from_str(&line.expect("kairosctl still running")).expect("a JSON line")
+}
+
+/// The id of test node `i`.
+fn fleet_node_id(i: u32) -> String {
+    format!("{:08x}{:024x}", 0xabc0_0000_u32 + i, 0)
+}
+
+/// A real one-replica cluster on loopback with `setup`'s credentials, the
+/// test token stored as a viewer token, and three nodes: two ubuntu
+/// (one online), one opensuse.
+async fn fleet_replica(setup: &Setup) -> (kairos_controlplane::replica::ReplicaHandle, String) {
+    use kairos_controlplane::nodes::{self, NodeRecord, SessionRecord};
+    use kairos_controlplane::replica::{RaftTuning, ReplicaConfig};
+    use kairos_controlplane::security::{hash_secret, Role, TokenId, TokenRecord};
+    use kairos_controlplane::store::{Op, Request as Write};
+
+    let port = closed_port().await;
+    let creds = Arc::new(ReplicaCredentials {
+        ca_pem: setup.creds.ca_pem.clone(),
+        cert_pem: setup.creds.cert_pem.clone(),
+        key_pem: setup.creds.key_pem.clone(),
+    });
+    let peer_creds = Arc::clone(&creds);
+    let config = ReplicaConfig {
+        id: 1,
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        advertise: format!("127.0.0.1:{port}"),
+        data_dir: setup.dir.path().join("replica-1"),
+        server_tls: creds.server_tls(),
+        peer_tls: Arc::new(move |host: &str| peer_creds.client_tls(host)),
+        bootstrap: true,
+        raft: RaftTuning::default(),
+        sessions: kairos_controlplane::sessions::SessionSettings::default(),
+        node_ca: None,
+    };
+    let handle = kairos_controlplane::replica::Replica::start(config).await.expect("replica starts");
+    let raft = handle.raft().clone();
+    tokio::time::timeout(STEP, async {
+        while raft.metrics().borrow().current_leader.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a leader");
+
+    let (id, secret) = TOKEN.trim_start_matches("kft_").split_once('_').expect("test token");
+    let token = TokenRecord {
+        id: TokenId::parse(id).expect("token id"),
+        role: Role::Viewer,
+        description: "kairosctl tests".into(),
+        hash: hash_secret(secret),
+        created_at_ms: 1_000,
+        expires_at_ms: None,
+        revoked: false,
+        created_by: "init".into(),
+        revoked_at_ms: None,
+    };
+    let mut ops = vec![Op::put(format!("tokens/{id}"), serde_json::to_vec(&token).expect("token json"))];
+    for (i, flavor, site) in [(1u32, "ubuntu", "berlin"), (2, "ubuntu", "paris"), (3, "opensuse", "berlin")] {
+        // Random-looking ids, as machine ids are: distinct in their first 12 digits.
+        let node_id = fleet_node_id(i);
+        let mut record = NodeRecord {
+            node_id: node_id.clone(),
+            machine_id: node_id.clone(),
+            hostname: format!("edge-{i}"),
+            identity: Some(pb::NodeIdentity { release: "v2.4.2".into(), ..Default::default() }),
+            family: Some(pb::ImageFamily {
+                flavor: flavor.into(),
+                flavor_release: "22.04".into(),
+                variant: "core".into(),
+                arch: "amd64".into(),
+                model: "generic".into(),
+                trusted_boot: false,
+            }),
+            state: if i == 2 { pb::NodeState::Failed } else { pb::NodeState::Idle } as i32,
+            ..Default::default()
+        };
+        record.node_labels.insert("site".into(), site.into());
+        ops.push(Op::put(nodes::node_key(&node_id), record.encode()));
+        if i == 1 {
+            let session = SessionRecord { replica_id: 1, session_id: 1, connected_at_ms: 1_700_000_000_000 };
+            ops.push(Op::put(nodes::session_key(&node_id), session.encode()));
+        }
+    }
+    handle.write(Write::batch(ops)).await.expect("seed");
+    let release = pb::AddReleaseRequest {
+        image_ref: "quay.io/kairos/ubuntu:22.04-core-amd64-generic-v2.4.3".into(),
+        ..Default::default()
+    };
+    let stored = kairos_controlplane::api::release::ReleaseRecord::manual(
+        &ImageRef::upgrade_target(&release.image_ref).expect("release ref"),
+        None,
+    );
+    let value = serde_json::to_vec(&stored).expect("release json");
+    handle.write(Write::put(stored.key(), value)).await.expect("catalog");
+    (handle, format!("https://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_fleet_report_against_a_replica() {
+    let setup = Setup::new();
+    let (replica, url) = fleet_replica(&setup).await;
+    let config = setup.config(&[url]);
+    let first = fleet_node_id(1);
+
+    let run = kairosctl(&config, &["nodes", "list"]).await;
+    assert_eq!(run.code, Some(0));
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header[..3], ["ID", "HOSTNAME", "FLAVOR"]);
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cells[..4], [&first[..12], "edge-1", "ubuntu", "22.04"], "ids shortened to 12 digits");
+    assert!(lines[1].contains("patch-available") && lines[1].contains(" yes "), "{}", run.stdout);
+    assert_eq!(lines.last(), Some(&"3 of 3 matching nodes"));
+
+    let run = kairosctl(&config, &["nodes", "list", "--flavor", "ubuntu", "-l", "site in (paris)", "-o", "json"]).await;
+    assert_eq!(run.code, Some(0));
+    let list: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert_eq!(list["total_size"], 1);
+    assert_eq!(list["nodes"][0]["hostname"], "edge-2");
+    assert_eq!(list["nodes"][0]["state"], "failed");
+    assert_eq!(list["nodes"][0]["node_id"].as_str().map(str::len), Some(32), "full ids in JSON");
+
+    // One page at a time: the footer names the token of the next one.
+    let run = kairosctl(&config, &["nodes", "list", "--limit", "2", "--sort", "release", "--desc"]).await;
+    assert_eq!(run.code, Some(0));
+    let token = run.stdout.lines().last().and_then(|l| l.strip_prefix("next page: --page-token ")).expect("a token");
+    let args = ["nodes", "list", "--limit", "2", "--sort", "release", "--desc", "--page-token", token];
+    let run = kairosctl(&config, &args).await;
+    assert_eq!(run.code, Some(0));
+    assert_eq!(run.stdout.lines().last(), Some("1 of 3 matching nodes"), "{}", run.stdout);
+    let run = kairosctl(&config, &["nodes", "list", "--limit", "1", "--all", "--offline", "-o", "yaml"]).await;
+    assert_eq!(run.code, Some(0));
+    let list: serde_yaml_ng::Value = serde_yaml_ng::from_str(&run.stdout).expect("one YAML document");
+    assert_eq!(list["nodes"].as_sequence().map(Vec::len), Some(2), "both pages of offline nodes");
+
+    let run = kairosctl(&config, &["nodes", "get", &first, "--consistency", "linearizable"]).await;
+    assert_eq!(run.code, Some(0));
+    assert!(run.stdout.starts_with(&format!("ID              {first}\n")), "{}", run.stdout);
+    assert!(run.stdout.contains("patch-available (patch v2.4.3)"), "{}", run.stdout);
+    let run = kairosctl(&config, &["nodes", "get", &"e".repeat(32)]).await;
+    assert_eq!(run.code, Some(3), "unknown node");
+    let run = kairosctl(&config, &["nodes", "get", "edge-1"]).await;
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("node_id: must be a machine id"), "{}", run.stderr);
+    let run = kairosctl(&config, &["nodes", "list", "--arch", "x86"]).await;
+    assert_eq!(run.code, Some(2));
+    let refusal = r#"refused: filter.selector.arches[0]: must be amd64 or arm64, got "x86""#;
+    assert!(run.stderr.contains(refusal), "{}", run.stderr);
+
+    let run = kairosctl(&config, &["fleet", "report"]).await;
+    assert_eq!(run.code, Some(0));
+    let expected = "FLAVOR     RELEASE   SUPPORT           NODES   ONLINE\n\
+                    opensuse   v2.4.2    patch-available   1       0\n\
+                    ubuntu     v2.4.2    patch-available   2       1\n\
+                    \n\
+                    STATE    NODES   ONLINE\n\
+                    idle     2       1\n\
+                    failed   1       0\n\
+                    \n\
+                    total 3   online 1   offline 2   latest release v2.4.3\n";
+    assert_eq!(run.stdout, expected);
+    let run = kairosctl(&config, &["fleet", "report", "--flavor", "opensuse", "-o", "json"]).await;
+    assert_eq!(run.code, Some(0));
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert_eq!((report["total_nodes"].as_u64(), report["by_state"][0]["state"].as_str()), (Some(1), Some("idle")));
+
+    // `nodes watch -o json`: a JSON object per line as events arrive, and
+    // the stream outlives the per-call timeout.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_kairosctl"))
+        .arg("--config")
+        .arg(&config)
+        .args(["nodes", "watch", "--flavor", "ubuntu", "-o", "json", "--timeout", "1s"])
+        .env_remove("KAIROS_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kairosctl runs");
+    let stdout = watch.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let kinds = [
+        next_json(&mut lines).await["kind"].clone(),
+        next_json(&mut lines).await["kind"].clone(),
+        next_json(&mut lines).await["kind"].clone(),
+    ];
+    assert_eq!(kinds, ["existing", "existing", "synced"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = fleet_node_id(2);
+    let session = kairos_controlplane::nodes::SessionRecord { replica_id: 1, session_id: 9, connected_at_ms: 1 };
+    let connect =
+        kairos_controlplane::store::Request::put(kairos_controlplane::nodes::session_key(&second), session.encode());
+    replica.write(connect).await.expect("connect node 2");
+    let event = next_json(&mut lines).await;
+    assert_eq!((event["kind"].as_str(), event["node"]["node_id"].as_str()), (Some("connected"), Some(second.as_str())));
+    watch.kill().await.expect("stop the watch");
+    replica.shutdown().await.expect("shutdown");
 }

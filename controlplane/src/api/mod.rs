@@ -17,6 +17,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cluster;
+pub mod fleet;
 pub mod node;
 pub mod release;
 
@@ -25,6 +26,7 @@ use tonic::Status;
 
 pub use admin::AdminApi;
 pub use cluster::ClusterApi;
+pub use fleet::FleetApi;
 pub use node::NodeApi;
 pub use release::ReleaseApi;
 

@@ -8,6 +8,8 @@ use clap_complete::Shell;
 
 use super::audit::AuditCommand;
 use super::enroll_tokens::EnrollTokensCommand;
+use super::fleet::FleetCommand;
+use super::nodes::NodesCommand;
 use super::output::Format;
 use super::settings::{parse_timeout, Overrides};
 use super::tokens::TokensCommand;
@@ -76,6 +78,18 @@ pub enum Command {
         /// The cluster command.
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Enrolled nodes: list, show one, watch changes (needs viewer).
+    Nodes {
+        /// The nodes command.
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
+    /// Fleet-wide views (needs viewer).
+    Fleet {
+        /// The fleet command.
+        #[command(subcommand)]
+        command: FleetCommand,
     },
     /// The release catalog: upgrade images rollouts may target.
     Releases {

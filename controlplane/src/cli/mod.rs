@@ -7,7 +7,8 @@
 //! - [`error`]: [`CliError`], its hint and exit code.
 //! - [`output`]: `-o table|json|yaml`; each command module defines the
 //!   serde views it prints ([`cluster`], [`releases`], [`sync`], [`image`],
-//!   [`tokens`], [`enroll_tokens`], [`audit`]).
+//!   [`tokens`], [`enroll_tokens`], [`audit`], [`nodes`], [`fleet`];
+//!   [`node_filter`] holds the node filter flags they share).
 
 pub mod args;
 pub mod audit;
@@ -15,8 +16,11 @@ pub mod client;
 pub mod cluster;
 pub mod enroll_tokens;
 pub mod error;
+pub mod fleet;
 pub mod image;
 pub mod leader;
+pub mod node_filter;
+pub mod nodes;
 pub mod output;
 pub mod releases;
 pub mod settings;
@@ -72,6 +76,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Tokens { command } => tokens::run(&connect(&cli.global)?, command, format, out).await,
         Command::EnrollTokens { command } => enroll_tokens::run(&connect(&cli.global)?, command, format, out).await,
         Command::Audit { command } => audit::run(&connect(&cli.global)?, command, format, out).await,
+        Command::Nodes { command } => nodes::run(&connect(&cli.global)?, command, format, out).await,
+        Command::Fleet { command } => fleet::run(&connect(&cli.global)?, command, format, out).await,
         Command::Releases { command } => {
             let conn = connect(&cli.global)?;
             match command {

@@ -1,6 +1,6 @@
 //! One control-plane replica: the replicated store, its raft node, and the
 //! gRPC port serving `RaftService`, `ClusterService`, `ReleaseService`,
-//! `AdminService` and gRPC health, with TLS supplied by the caller.
+//! `AdminService`, `FleetService` and gRPC health, with TLS supplied by the caller.
 //!
 //! ```text
 //! Replica::start(config) ──► ReplicaHandle ──shutdown()──► port closed, raft stopped, sled flushed
@@ -28,7 +28,7 @@ pub use client::{Committed, LeaderHint, ReadError, ReplicaClient, WriteError};
 pub use server::{connection_limit, MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS};
 
 use crate::api::node::Enroller;
-use crate::api::{AdminApi, ClusterApi, NodeApi, ReleaseApi};
+use crate::api::{AdminApi, ClusterApi, FleetApi, NodeApi, ReleaseApi};
 use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
 use crate::security::NodeIssuer;
 use crate::sessions::{SessionSettings, Sessions};
@@ -46,6 +46,7 @@ const HEALTH_SERVICES: &[&str] = &[
     "kairos.fleet.v1.ReleaseService",
     "kairos.fleet.v1.AdminService",
     "kairos.fleet.v1.NodeService",
+    "kairos.fleet.v1.FleetService",
 ];
 
 /// raft timing and log compaction of a replica.
@@ -220,6 +221,8 @@ impl Replica {
         let client = ReplicaClient::new(config.id, raft.clone(), reader, peers, retry_budget);
 
         let sessions = Sessions::start(client.clone(), config.sessions.clone());
+        // Tells long-lived streams (WatchNodes) to end when shutdown begins.
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let (health, health_service) = tonic_health::server::health_reporter();
         // Until raft runs, probes must not send traffic here.
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
@@ -231,9 +234,11 @@ impl Replica {
             .add_service(AdminApi::new(client.clone()).into_server())
             .add_service(
                 NodeApi::new(Enroller::new(client.clone(), config.node_ca.clone()), sessions.clone()).into_server(),
-            );
+            )
+            .add_service(FleetApi::new(client.clone()).with_shutdown(stopping_rx).into_server());
         let server = server::ServerTask::spawn(router, listener);
-        let handle = ReplicaHandle { client, sessions, server, health, local_addr, data_dir: config.data_dir };
+        let handle =
+            ReplicaHandle { client, sessions, server, health, stopping, local_addr, data_dir: config.data_dir };
 
         if config.bootstrap {
             if let Err(e) = bootstrap(&raft, config.id, &config.advertise).await {
@@ -276,6 +281,7 @@ pub struct ReplicaHandle {
     sessions: Sessions,
     server: server::ServerTask,
     health: HealthReporter,
+    stopping: tokio::sync::watch::Sender<bool>,
     local_addr: SocketAddr,
     data_dir: PathBuf,
 }
@@ -321,10 +327,11 @@ impl ReplicaHandle {
     /// call returns once sled has flushed and released the data dir (so the
     /// same dir can be reopened at once, in this process or another).
     pub async fn shutdown(self) -> Result<(), ReplicaError> {
-        let ReplicaHandle { client, sessions, server, health, local_addr, data_dir } = self;
+        let ReplicaHandle { client, sessions, server, health, stopping, local_addr, data_dir } = self;
         let started = Instant::now();
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
-        // Node streams would keep the port's graceful stop waiting.
+        // Streams end now rather than hold the port open for the grace period.
+        stopping.send_replace(true);
         sessions.stop();
         let served = server.stop(SHUTDOWN_GRACE).await;
         let raft = client.raft().clone();

@@ -1,7 +1,8 @@
 //! In-process replicas on 127.0.0.1 with TLS (a throwaway CA from rcgen):
 //! membership changes through `ClusterService`, writes forwarded from
 //! followers, leader failover, snapshot catch-up, the error codes of
-//! the public services, and node enrollment.
+//! the public services, node enrollment and sessions, and the fleet
+//! views (`FleetService`).
 //!
 //! One test binary on purpose: every extra binary is another link on a
 //! two-core builder.
@@ -9,6 +10,8 @@
 mod common;
 mod enroll;
 mod errors;
+mod fleet;
+mod fleet_watch;
 mod sessions;
 mod snapshot;
 mod three_replicas;
