@@ -450,7 +450,12 @@ async fn fleet_replica(setup: &Setup) -> (kairos_controlplane::replica::ReplicaH
         peer_tls: Arc::new(move |host: &str| peer_creds.client_tls(host)),
         bootstrap: true,
         raft: RaftTuning::default(),
-        sessions: kairos_controlplane::sessions::SessionSettings::default(),
+        // The test writes session records itself: the reconciler, which
+        // removes records of streams nobody holds, stays idle.
+        sessions: kairos_controlplane::sessions::SessionSettings {
+            reconcile_every: Duration::from_secs(3600),
+            ..Default::default()
+        },
         node_ca: None,
     };
     let handle = kairos_controlplane::replica::Replica::start(config).await.expect("replica starts");

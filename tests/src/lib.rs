@@ -153,6 +153,44 @@ impl Cluster {
         self.ctl(&all)
     }
 
+    /// `kairosctl cluster status -o json` answered by replica `id`.
+    pub fn status_json(&self, id: u64) -> Option<serde_json::Value> {
+        let out = self.ctl_on(id, &["cluster", "status", "-o", "json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    /// The leader one of `ids` names, if it is one of `ids`.
+    pub fn leader(&self, ids: &[u64]) -> Option<u64> {
+        ids.iter().find_map(|&id| {
+            let v = self.status_json(id)?;
+            let leader = v["leader_id"].as_u64()?;
+            (leader != 0 && ids.contains(&leader)).then_some(leader)
+        })
+    }
+
+    /// Voters (not learners) replica `id` reports.
+    pub fn voters(&self, id: u64) -> usize {
+        self.status_json(id)
+            .and_then(|v| v["replicas"].as_array().map(|r| r.iter().filter(|x| x["role"] != "learner").count()))
+            .unwrap_or(0)
+    }
+
+    /// Starts every replica with `extra` serve flags and forms the cluster:
+    /// replica 1 bootstraps and leads, the others are added through it.
+    pub fn form(&mut self, extra: &[&str]) {
+        let ids: Vec<u64> = self.addresses.keys().copied().collect();
+        for id in &ids {
+            self.start_with(*id, extra);
+        }
+        wait_for("replica 1 to lead", Duration::from_secs(20), || self.leader(&[1]));
+        for id in ids.iter().filter(|id| **id != 1) {
+            let addr = self.addresses[id].clone();
+            let out = self.ctl_on(1, &["cluster", "add-replica", &id.to_string(), &addr]);
+            ok_stdout(&out, &format!("add-replica {id}"));
+        }
+        wait_for("every replica a voter", Duration::from_secs(20), || (self.voters(1) == ids.len()).then_some(()));
+    }
+
     /// The log of replica `id` so far (for failure messages).
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("replica-{id}.log"))).unwrap_or_default()

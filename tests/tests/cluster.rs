@@ -20,22 +20,15 @@ fn image(n: u32) -> String {
 }
 
 fn status_json(cluster: &Cluster, id: u64) -> Option<serde_json::Value> {
-    let out = cluster.ctl_on(id, &["cluster", "status", "-o", "json"]);
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    cluster.status_json(id)
 }
 
 fn leader(cluster: &Cluster, ids: &[u64]) -> Option<u64> {
-    ids.iter().find_map(|&id| {
-        let v = status_json(cluster, id)?;
-        let leader = v["leader_id"].as_u64()?;
-        (leader != 0 && ids.contains(&leader)).then_some(leader)
-    })
+    cluster.leader(ids)
 }
 
 fn voters(cluster: &Cluster, id: u64) -> usize {
-    status_json(cluster, id)
-        .and_then(|v| v["replicas"].as_array().map(|r| r.iter().filter(|x| x["role"] != "learner").count()))
-        .unwrap_or(0)
+    cluster.voters(id)
 }
 
 /// The releases replica `id` holds in its own state (a local read).
@@ -61,16 +54,7 @@ fn add(cluster: &Cluster, n: u32) -> bool {
 /// A formed 3-replica cluster with replica 1 as the bootstrap leader.
 fn three_replicas(extra: &[&str]) -> Cluster {
     let mut cluster = Cluster::init(3);
-    for id in 1..=3 {
-        cluster.start_with(id, extra);
-    }
-    wait_for("replica 1 to lead", Duration::from_secs(20), || leader(&cluster, &[1]));
-    for id in 2..=3u64 {
-        let addr = cluster.addresses[&id].clone();
-        let out = cluster.ctl_on(1, &["cluster", "add-replica", &id.to_string(), &addr]);
-        ok_stdout(&out, &format!("add-replica {id}"));
-    }
-    wait_for("3 voters", Duration::from_secs(20), || (voters(&cluster, 1) == 3).then_some(()));
+    cluster.form(extra);
     cluster
 }
 

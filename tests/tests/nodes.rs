@@ -13,14 +13,7 @@ use serde_json::Value;
 const HEARTBEAT_MS: &str = "1000";
 
 fn start_all(cluster: &mut Cluster) {
-    for id in 1..=3 {
-        cluster.start_with(id, &["--node-heartbeat-ms", HEARTBEAT_MS]);
-    }
-    wait_for("a leader", Duration::from_secs(30), || {
-        let out = cluster.ctl(&["cluster", "status", "-o", "json"]);
-        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (status["leader_id"].as_u64()? > 0 && status["replicas"].as_array()?.len() == 3).then_some(())
-    });
+    cluster.form(&["--node-heartbeat-ms", HEARTBEAT_MS]);
 }
 
 fn enroll_token(cluster: &Cluster, uses: u32) -> String {
@@ -54,7 +47,7 @@ fn node_root(dir: &Path, machine_id: &str) -> PathBuf {
     )
     .expect("kairos-release");
     std::fs::write(root.join("etc/machine-id"), format!("{machine_id}\n")).expect("machine-id");
-    std::fs::write(root.join("proc/cmdline"), "BOOT_IMAGE=/cOS/active.img console=tty1 rd.cos.oemlabel=COS_OEM\n")
+    std::fs::write(root.join("proc/cmdline"), "BOOT_IMAGE=/cOS/vmlinuz console=tty1 root=LABEL=COS_STATE cos-img/filename=/cOS/active.img rd.cos.oemlabel=COS_OEM\n")
         .expect("cmdline");
     root
 }
@@ -188,8 +181,10 @@ fn the_node_client_enrolls_connects_and_reports_its_identity() {
     });
     let _ = run.kill();
     let _ = run.wait();
-    assert_eq!(node["identity"]["flavor"], "opensuse", "{node}");
-    assert_eq!(node["identity"]["release"], "v2.4.2", "{node}");
+    assert_eq!(node["flavor"], "opensuse", "{node}");
+    assert_eq!(node["release"], "v2.4.2", "{node}");
+    assert_eq!(node["software_version"], "v1.27.6+k3s1", "{node}");
+    assert_eq!(node["boot_state"], "active", "from the kernel command line: {node}");
     assert_eq!(node["labels"]["site"], "lab", "enrollment labels win: {node}");
     assert_eq!(node["labels"]["rack"], "r7", "{node}");
 }

@@ -49,9 +49,9 @@ pub const AUDIT_SEQUENCE_KEY: &str = "audit-sequence";
 /// Longest request summary kept, in bytes (the proto's limit).
 const MAX_SUMMARY_BYTES: usize = 1024;
 /// Attempts of an optimistic write before giving up with ABORTED.
-const MAX_ATTEMPTS: usize = 32;
+pub(crate) const MAX_ATTEMPTS: usize = 32;
 /// How long a retry waits for this replica to apply the write that beat it.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Full gRPC method names of the audited calls.
 pub mod method {
@@ -275,7 +275,7 @@ pub struct Planned<T> {
 }
 
 /// The next sequence and the counter's mod revision (0 while absent).
-fn next_sequence(reader: &KvReader) -> Result<(u64, u64), Status> {
+pub(crate) fn next_sequence(reader: &KvReader) -> Result<(u64, u64), Status> {
     let stored = reader.get(AUDIT_SEQUENCE_KEY.as_bytes()).map_err(|e| Status::internal(e.to_string()))?;
     let Some(kv) = stored else { return Ok((1, 0)) };
     let last: u64 = std::str::from_utf8(&kv.value)

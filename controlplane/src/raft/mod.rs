@@ -1,7 +1,8 @@
 //! The raft transport between replicas: openraft's network over tonic
 //! ([`network`]) and the gRPC service that receives it ([`service`]).
 //!
-//! Every payload is the serde_json encoding of an openraft 0.9 type (see
+//! Every payload is the serde encoding of an openraft 0.9 type, postcard
+//! by default, serde_json when a peer sends that (see
 //! `proto/kairos/raft/v1/raft.proto`); gRPC status codes only ever mean a
 //! transport problem, never a raft decision.
 
@@ -11,31 +12,60 @@ pub mod service;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use kairos_fleet_proto::raft::v1::PayloadEncoding;
+
 pub use network::{ForwardError, Network, PeerClient, PeerContact, PeerTls, Peers};
 pub use service::{authorize_peer, RaftRpcService};
 
 /// Largest gRPC message a replica sends or accepts on its port, both ways.
 ///
 /// Set explicitly on every client and server: tonic's 4 MiB default
-/// decoding limit is close to what a batch of log entries re-encoded as
-/// JSON may reach.
+/// decoding limit is close to what a batch of log entries may reach.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Snapshot bytes per `InstallSnapshot` chunk.
 ///
-/// serde_json writes a byte array as decimal numbers, up to four bytes per
-/// byte, so 1 MiB of snapshot becomes at most ~4 MiB on the wire: well
-/// below [`MAX_MESSAGE_BYTES`].
+/// Even in serde_json (a byte array as decimal numbers, up to four bytes
+/// per byte) 1 MiB of snapshot stays below [`MAX_MESSAGE_BYTES`].
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 
-/// Encodes a raft message for a `payload` field.
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(value)
+/// Encoding replicas send their payloads in.
+pub const SEND_ENCODING: PayloadEncoding = PayloadEncoding::Postcard;
+
+/// A payload that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// serde_json failed.
+    #[error("serde_json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// postcard failed.
+    #[error("postcard: {0}")]
+    Postcard(#[from] postcard::Error),
+    /// The encoding field holds a value this build does not know.
+    #[error("unknown payload encoding {0}")]
+    Unknown(i32),
 }
 
-/// Decodes a `payload` field.
-pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, serde_json::Error> {
-    serde_json::from_slice(payload)
+/// Encodes a raft message for a `payload` field.
+pub(crate) fn encode<T: Serialize>(value: &T, encoding: PayloadEncoding) -> Result<Vec<u8>, CodecError> {
+    Ok(match encoding {
+        PayloadEncoding::Json => serde_json::to_vec(value)?,
+        PayloadEncoding::Postcard => postcard::to_stdvec(value)?,
+    })
+}
+
+/// Decodes a `payload` field sent with the `encoding` field's value.
+pub(crate) fn decode<T: DeserializeOwned>(payload: &[u8], encoding: i32) -> Result<T, CodecError> {
+    match PayloadEncoding::try_from(encoding) {
+        Ok(PayloadEncoding::Json) => Ok(serde_json::from_slice(payload)?),
+        Ok(PayloadEncoding::Postcard) => Ok(postcard::from_bytes(payload)?),
+        Err(_) => Err(CodecError::Unknown(encoding)),
+    }
+}
+
+/// The encoding an answer uses: the request's, or ours when it is unknown.
+pub(crate) fn answer_encoding(encoding: i32) -> PayloadEncoding {
+    PayloadEncoding::try_from(encoding).unwrap_or(SEND_ENCODING)
 }
 
 /// The host part of a `host:port` address (brackets of an IPv6 literal removed),

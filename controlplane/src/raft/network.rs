@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
-use super::{decode, encode, host_of, MAX_MESSAGE_BYTES};
+use super::{decode, encode, host_of, CodecError, MAX_MESSAGE_BYTES, SEND_ENCODING};
 use crate::store::{NodeId, ReplicaNode, Request, TypeConfig};
 
 /// Builds the client TLS configuration for a peer host (the name its
@@ -127,12 +127,14 @@ impl Peers {
         let addr = leader_addr.to_owned();
         let mut client =
             self.raft_client(leader_addr).map_err(|source| ForwardError::Channel { addr: addr.clone(), source })?;
-        let payload = encode(request).map_err(|source| ForwardError::Encode { source })?;
-        let mut call = tonic::Request::new(pb::ForwardWriteRequest { payload, from_replica_id: self.id });
+        let payload = encode(request, SEND_ENCODING).map_err(|source| ForwardError::Encode { source })?;
+        let encoding = SEND_ENCODING as i32;
+        let mut call = tonic::Request::new(pb::ForwardWriteRequest { payload, from_replica_id: self.id, encoding });
         call.set_timeout(timeout);
         match client.forward_write(call).await {
             Ok(response) => {
-                decode(&response.into_inner().payload).map_err(|source| ForwardError::Decode { addr, source })
+                let response = response.into_inner();
+                decode(&response.payload, response.encoding).map_err(|source| ForwardError::Decode { addr, source })
             }
             Err(status) if not_delivered(&status) => Err(ForwardError::NotDelivered { addr, status }),
             Err(status) => Err(ForwardError::Indeterminate { addr, status }),
@@ -180,16 +182,16 @@ pub enum ForwardError {
     /// The write could not be encoded (a bug, not a network problem).
     #[error("cannot encode the write: {source}")]
     Encode {
-        /// serde_json's error.
-        source: serde_json::Error,
+        /// The codec's error.
+        source: CodecError,
     },
     /// The leader answered bytes that are not a `ForwardWrite` result.
     #[error("the leader at {addr} answered an undecodable payload: {source}")]
     Decode {
         /// The leader's address.
         addr: String,
-        /// serde_json's error.
-        source: serde_json::Error,
+        /// The codec's error.
+        source: CodecError,
     },
 }
 
@@ -240,7 +242,7 @@ impl PeerClient {
     }
 
     fn encode<T: serde::Serialize, E: std::error::Error>(value: &T) -> RpcResult<Vec<u8>, E> {
-        encode(value).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        encode(value, SEND_ENCODING).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     /// Maps a transport failure; connection failures become `Unreachable`,
@@ -266,13 +268,13 @@ impl PeerClient {
     }
 
     /// Decodes the peer's `Result`; its error side is the peer's raft answer.
-    fn answered<T, E>(&self, payload: &[u8]) -> RpcResult<T, E>
+    fn answered<T, E>(&self, payload: &[u8], encoding: i32) -> RpcResult<T, E>
     where
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         self.peers.record(self.target, true);
-        let result: Result<T, RaftError<NodeId, E>> = decode(payload).map_err(|e| {
+        let result: Result<T, RaftError<NodeId, E>> = decode(payload, encoding).map_err(|e| {
             tracing::warn!(target_id = self.target, error = %e, "undecodable raft payload from peer");
             RPCError::Network(NetworkError::new(&e))
         })?;
@@ -287,9 +289,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let payload = Self::encode(&rpc)?;
-        let call = Self::request(pb::AppendEntriesRequest { payload }, &option);
+        let call = Self::request(pb::AppendEntriesRequest { payload, encoding: SEND_ENCODING as i32 }, &option);
         match self.client()?.append_entries(call).await {
-            Ok(response) => self.answered(&response.into_inner().payload),
+            Ok(response) => {
+                let response = response.into_inner();
+                self.answered(&response.payload, response.encoding)
+            }
             Err(status) => self.failed(status, RPCTypes::AppendEntries, &option),
         }
     }
@@ -300,18 +305,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         let payload = Self::encode(&rpc)?;
-        let call = Self::request(pb::InstallSnapshotRequest { payload }, &option);
+        let call = Self::request(pb::InstallSnapshotRequest { payload, encoding: SEND_ENCODING as i32 }, &option);
         match self.client()?.install_snapshot(call).await {
-            Ok(response) => self.answered(&response.into_inner().payload),
+            Ok(response) => {
+                let response = response.into_inner();
+                self.answered(&response.payload, response.encoding)
+            }
             Err(status) => self.failed(status, RPCTypes::InstallSnapshot, &option),
         }
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
         let payload = Self::encode(&rpc)?;
-        let call = Self::request(pb::VoteRequest { payload }, &option);
+        let call = Self::request(pb::VoteRequest { payload, encoding: SEND_ENCODING as i32 }, &option);
         match self.client()?.vote(call).await {
-            Ok(response) => self.answered(&response.into_inner().payload),
+            Ok(response) => {
+                let response = response.into_inner();
+                self.answered(&response.payload, response.encoding)
+            }
             Err(status) => self.failed(status, RPCTypes::Vote, &option),
         }
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::network::ForwardResult;
-use super::{decode, encode, MAX_MESSAGE_BYTES};
+use super::{answer_encoding, decode, encode, MAX_MESSAGE_BYTES};
 use crate::security::{peer_identity, PeerIdentity};
 use crate::store::{NodeId, Raft};
 
@@ -52,13 +52,17 @@ impl RaftRpcService {
 
 /// Decodes a request payload; a payload that does not decode is the
 /// caller's fault (a foreign or incompatible build), hence INVALID_ARGUMENT.
-fn payload<T: serde::de::DeserializeOwned>(rpc: &str, bytes: &[u8]) -> Result<T, Status> {
-    decode(bytes)
-        .map_err(|e| Status::invalid_argument(format!("{rpc}: payload is not a serde_json openraft message: {e}")))
+fn payload<T: serde::de::DeserializeOwned>(rpc: &str, bytes: &[u8], encoding: i32) -> Result<T, Status> {
+    decode(bytes, encoding)
+        .map_err(|e| Status::invalid_argument(format!("{rpc}: payload is not an openraft message: {e}")))
 }
 
-fn reply<T: Serialize>(rpc: &str, result: &T) -> Result<Vec<u8>, Status> {
-    encode(result).map_err(|e| Status::internal(format!("{rpc}: cannot encode the answer: {e}")))
+/// Encodes an answer in the request's encoding; returns it with the encoding field.
+fn reply<T: Serialize>(rpc: &str, result: &T, encoding: i32) -> Result<(Vec<u8>, i32), Status> {
+    let encoding = answer_encoding(encoding);
+    let bytes =
+        encode(result, encoding).map_err(|e| Status::internal(format!("{rpc}: cannot encode the answer: {e}")))?;
+    Ok((bytes, encoding as i32))
 }
 
 #[tonic::async_trait]
@@ -68,16 +72,20 @@ impl RaftService for RaftRpcService {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         authorize_peer(&request)?;
-        let rpc = payload("AppendEntries", &request.get_ref().payload)?;
+        let encoding = request.get_ref().encoding;
+        let rpc = payload("AppendEntries", &request.get_ref().payload, encoding)?;
         let result = self.raft.append_entries(rpc).await;
-        Ok(Response::new(pb::AppendEntriesResponse { payload: reply("AppendEntries", &result)? }))
+        let (payload, encoding) = reply("AppendEntries", &result, encoding)?;
+        Ok(Response::new(pb::AppendEntriesResponse { payload, encoding }))
     }
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
         authorize_peer(&request)?;
-        let rpc = payload("Vote", &request.get_ref().payload)?;
+        let encoding = request.get_ref().encoding;
+        let rpc = payload("Vote", &request.get_ref().payload, encoding)?;
         let result = self.raft.vote(rpc).await;
-        Ok(Response::new(pb::VoteResponse { payload: reply("Vote", &result)? }))
+        let (payload, encoding) = reply("Vote", &result, encoding)?;
+        Ok(Response::new(pb::VoteResponse { payload, encoding }))
     }
 
     async fn install_snapshot(
@@ -85,9 +93,11 @@ impl RaftService for RaftRpcService {
         request: Request<pb::InstallSnapshotRequest>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         authorize_peer(&request)?;
-        let rpc = payload("InstallSnapshot", &request.get_ref().payload)?;
+        let encoding = request.get_ref().encoding;
+        let rpc = payload("InstallSnapshot", &request.get_ref().payload, encoding)?;
         let result = self.raft.install_snapshot(rpc).await;
-        Ok(Response::new(pb::InstallSnapshotResponse { payload: reply("InstallSnapshot", &result)? }))
+        let (payload, encoding) = reply("InstallSnapshot", &result, encoding)?;
+        Ok(Response::new(pb::InstallSnapshotResponse { payload, encoding }))
     }
 
     /// Runs a follower's client write here. A replica that is not the
@@ -99,11 +109,13 @@ impl RaftService for RaftRpcService {
     ) -> Result<Response<pb::ForwardWriteResponse>, Status> {
         authorize_peer(&request)?;
         let from = request.get_ref().from_replica_id;
-        let write = payload("ForwardWrite", &request.get_ref().payload)?;
+        let encoding = request.get_ref().encoding;
+        let write = payload("ForwardWrite", &request.get_ref().payload, encoding)?;
         let started = Instant::now();
         let result: ForwardResult = self.raft.client_write(write).await;
         tracing::debug!(replica = self.id, from, ok = result.is_ok(), elapsed = ?started.elapsed(), "forwarded write");
-        Ok(Response::new(pb::ForwardWriteResponse { payload: reply("ForwardWrite", &result)? }))
+        let (payload, encoding) = reply("ForwardWrite", &result, encoding)?;
+        Ok(Response::new(pb::ForwardWriteResponse { payload, encoding }))
     }
 
     /// Not implemented: openraft 0.9's chunked InstallSnapshot carries

@@ -49,6 +49,9 @@ const HEALTH_SERVICES: &[&str] = &[
     "kairos.fleet.v1.FleetService",
 ];
 
+/// Log entries per AppendEntries RPC.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 24;
+
 /// raft timing and log compaction of a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftTuning {
@@ -92,6 +95,11 @@ impl RaftTuning {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             max_in_snapshot_log_to_keep: self.snapshot_keep_logs,
+            // openraft bounds AppendEntries by entry count only, and its
+            // deadline is one heartbeat interval: a few batch entries
+            // (hundreds of KiB each) per RPC keep it far below the message
+            // limit and quick to append on a loaded follower.
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Config::default()
         }
         .validate()

@@ -66,7 +66,7 @@ impl Default for SessionSettings {
             liveness_timeout: Duration::from_secs(30),
             progress_interval: Duration::from_secs(1),
             batch_window: Duration::from_millis(20),
-            max_batch_nodes: 2000,
+            max_batch_nodes: 500,
             sweep_after: Duration::from_secs(15),
             reconcile_every: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),

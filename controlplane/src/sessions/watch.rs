@@ -77,7 +77,9 @@ const WRITE_CHUNK: usize = 5000;
 ///   streams, so its nodes move to a replica that can record them.
 pub(crate) async fn reconcile(sessions: Sessions) {
     let settings = sessions.settings().clone();
-    let mut tick = tokio::time::interval(settings.reconcile_every);
+    // The first round runs one period after start, not at once.
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + settings.reconcile_every, settings.reconcile_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leader_since: Option<Instant> = None;
     let mut leaderless_since: Option<Instant> = None;

@@ -94,6 +94,17 @@ impl Slot {
 
     /// Starts the replica of this slot.
     pub async fn start(&self, pki: &Arc<Pki>, bootstrap: bool, raft: RaftTuning) -> ReplicaHandle {
+        self.start_with(pki, bootstrap, raft, SessionSettings::with_heartbeat(Duration::from_millis(500))).await
+    }
+
+    /// Starts the replica with these node session settings.
+    pub async fn start_with(
+        &self,
+        pki: &Arc<Pki>,
+        bootstrap: bool,
+        raft: RaftTuning,
+        sessions: SessionSettings,
+    ) -> ReplicaHandle {
         let peer_identity = pki.identity(&format!("replica-{}", self.id));
         let pki_for_peers = Arc::clone(pki);
         let config = ReplicaConfig {
@@ -105,7 +116,7 @@ impl Slot {
             peer_tls: Arc::new(move |host: &str| pki_for_peers.client_tls(host, peer_identity.clone())),
             bootstrap,
             raft,
-            sessions: SessionSettings::with_heartbeat(Duration::from_millis(500)),
+            sessions,
             node_ca: None,
         };
         match Replica::start(config).await {
@@ -113,6 +124,12 @@ impl Slot {
             Err(e) => panic!("replica {} did not start: {e}", self.id),
         }
     }
+}
+
+/// Session settings for tests that write session records themselves: the
+/// reconciler (which removes records of streams nobody holds) stays idle.
+pub fn seeded_sessions() -> SessionSettings {
+    SessionSettings { reconcile_every: Duration::from_secs(3600), ..SessionSettings::default() }
 }
 
 /// A TLS channel of an operator client to `addr`.

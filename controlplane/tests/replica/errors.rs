@@ -100,9 +100,10 @@ async fn raft_rpcs_are_refused_to_callers_without_a_replica_certificate() {
     leader_of(&r1).await;
     // An operator certificate from the same CA passes TLS but is no replica.
     let mut raft = RaftServiceClient::new(crate::common::channel(&pki, &slot.addr()));
-    let vote = raft.vote(VoteRequest { payload: b"{}".to_vec() }).await;
+    let vote = raft.vote(VoteRequest { payload: b"{}".to_vec(), encoding: 0 }).await;
     assert_code(vote, Code::PermissionDenied, "replicas only");
-    let forward = raft.forward_write(ForwardWriteRequest { payload: b"{}".to_vec(), from_replica_id: 7 }).await;
+    let forward =
+        raft.forward_write(ForwardWriteRequest { payload: b"{}".to_vec(), from_replica_id: 7, encoding: 0 }).await;
     assert_code(forward, Code::PermissionDenied, "replicas only");
     r1.shutdown().await.expect("shutdown");
 }

@@ -162,7 +162,7 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 pub async fn cluster(root: &std::path::Path) -> (Arc<Pki>, Slot, ReplicaHandle) {
     let pki = Arc::new(Pki::new());
     let slot = Slot::new(1, root);
-    let handle = slot.start(&pki, true, tuning()).await;
+    let handle = slot.start_with(&pki, true, tuning(), crate::common::seeded_sessions()).await;
     leader_of(&handle).await;
     for patch in [1, 3] {
         let image = format!("quay.io/kairos/ubuntu:22.04-core-amd64-generic-v2.4.{patch}");

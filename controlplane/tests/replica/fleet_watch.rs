@@ -157,7 +157,7 @@ async fn watch_sends_the_snapshot_then_each_kind_of_change_and_resumes_from_a_re
     assert!(started.elapsed() < Duration::from_secs(4), "no grace period spent on the stream");
 
     // After a restart the history is empty: an old revision is OUT_OF_RANGE.
-    let handle = slot.start(&pki, true, tuning()).await;
+    let handle = slot.start_with(&pki, true, tuning(), crate::common::seeded_sessions()).await;
     leader_of(&handle).await;
     let mut client = fleet_client(&pki, &slot.addr());
     let err = client.watch_nodes(watch(snapshot_revision)).await.expect_err("history is gone");

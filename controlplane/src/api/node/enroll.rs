@@ -6,7 +6,8 @@
 //!    local and cheap, and nothing leaves the replica yet.
 //! 3. One transaction spends one use of the token, creates or refreshes
 //!    `nodes/<machine id>` and appends the audit entry, guarded by the mod
-//!    revisions of the token and node records it read. A lost race is
+//!    revisions of the token and node records it read. Enrollments arriving
+//!    together share that transaction ([`super::batch`]); a lost race is
 //!    planned again on the newer state, so concurrent enrollments never
 //!    spend more uses than the token has.
 //! 4. Only a committed enrollment returns the certificate.
@@ -17,16 +18,17 @@
 use std::sync::Arc;
 
 use kairos_fleet_proto::fleet::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Request, Response, Status};
 
-use crate::api::admin::{consume_enroll_token, enroll_token_id, EnrollError, EnrollTokenRecord, ENROLL_TOKENS_PREFIX};
-use crate::api::audit::{self, code_name, commit_with_entry, method, truncate, AuditRecord, Outcome, Planned};
-use crate::api::auth::now_ms;
-use crate::nodes::{check_node_id, family_to_pb, identity_from_pb, node_key, read_node, NodeRecord};
+use super::batch::{self, Pending};
+
+use crate::api::admin::enroll_token_id;
+use crate::api::audit::{code_name, method, truncate, AuditRecord, Outcome};
+use crate::nodes::{check_node_id, family_to_pb, identity_from_pb};
 use crate::replica::ReplicaClient;
 use crate::security::node_ca::{NODE_CA_CERT_FILE, NODE_CA_KEY_FILE};
 use crate::security::{NodeCsr, NodeIssuer, SecurityError, TokenId};
-use crate::store::{Compare, CompareOp, KvReader, Op};
 
 /// Longest bootstrap token accepted, in characters.
 pub const MAX_BOOTSTRAP_TOKEN_CHARS: usize = 256;
@@ -40,21 +42,22 @@ const MAX_AUDIT_TEXT: usize = 1024;
 pub struct Enroller {
     client: ReplicaClient,
     issuer: Option<Arc<NodeIssuer>>,
+    batches: mpsc::Sender<Pending>,
 }
 
 /// A request whose fields all passed their checks.
-struct Enrollment {
-    token_id: TokenId,
-    node_id: String,
-    hostname: String,
-    identity: pb::NodeIdentity,
-    family: pb::ImageFamily,
+pub(crate) struct Enrollment {
+    pub(crate) token_id: TokenId,
+    pub(crate) node_id: String,
+    pub(crate) hostname: String,
+    pub(crate) identity: pb::NodeIdentity,
+    pub(crate) family: pb::ImageFamily,
     family_text: String,
     csr: NodeCsr,
 }
 
 /// Who asked, from where, when: what the audit entries of one call share.
-struct Audited {
+pub(crate) struct Audited {
     actor: String,
     target: String,
     summary: String,
@@ -64,7 +67,7 @@ struct Audited {
 }
 
 impl Audited {
-    fn entry(&self, outcome: Outcome, error: Option<&Status>) -> AuditRecord {
+    pub(crate) fn entry(&self, outcome: Outcome, error: Option<&Status>) -> AuditRecord {
         AuditRecord {
             sequence: 0,
             time_ms: self.received_ms,
@@ -85,8 +88,12 @@ impl Audited {
 impl Enroller {
     /// Enrolls through `client`'s replica, signing with `issuer`; without
     /// an issuer every enrollment is FAILED_PRECONDITION.
+    ///
+    /// Starts the replica's enrollment batcher: call it inside the runtime.
     pub fn new(client: ReplicaClient, issuer: Option<Arc<NodeIssuer>>) -> Self {
-        Enroller { client, issuer }
+        let (batches, rx) = mpsc::channel(4 * batch::MAX_BATCH);
+        tokio::spawn(batch::run(client.clone(), rx));
+        Enroller { client, issuer, batches }
     }
 
     /// Handles one Enroll call (see the module docs for the steps).
@@ -118,20 +125,22 @@ impl Enroller {
             received_ms,
             replica_id: self.client.id(),
         };
-        let mut refusal: Option<EnrollError> = None;
-        let plan =
-            |reader: &KvReader| plan_enrollment(reader, &enrollment, &req.bootstrap_token, not_after_ms, &mut refusal);
-        let committed = commit_with_entry(&self.client, audited.entry(Outcome::Succeeded, None), plan).await;
-        let (record, reenrolled) = match committed {
+        let token_id = enrollment.token_id.clone();
+        let node_id = enrollment.node_id.clone();
+        let peer = audited.peer.clone();
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { enrollment, bootstrap_token: req.bootstrap_token, not_after_ms, audited, reply };
+        if self.batches.send(pending).await.is_err() {
+            return Err(Status::unavailable("the replica is shutting down"));
+        }
+        let enrolled = answer.await.map_err(|_| Status::unavailable("the replica is shutting down"))?;
+        let (record, reenrolled) = match enrolled {
             Ok(done) => done,
             Err(status) => {
-                if refusal.is_some() {
-                    audit::append(&self.client, audited.entry(Outcome::Denied, Some(&status))).await;
-                }
                 tracing::info!(
-                    token_id = %enrollment.token_id,
-                    machine_id = %enrollment.node_id,
-                    peer = %audited.peer,
+                    token_id = %token_id,
+                    machine_id = %node_id,
+                    peer = %peer,
                     code = ?status.code(),
                     error = %status.message(),
                     "enrollment refused"
@@ -141,7 +150,7 @@ impl Enroller {
         };
         tracing::info!(
             node_id = %record.node_id,
-            token_id = %enrollment.token_id,
+            token_id = %token_id,
             reenrolled,
             not_after_ms,
             "node enrolled"
@@ -229,72 +238,6 @@ fn check_bootstrap_token(token: &str) -> Result<TokenId, Status> {
         ));
     }
     enroll_token_id(token).map_err(|_| invalid("must be an enroll token of the form kfe_<8 hex>_<64 hex>".into()))
-}
-
-/// Spends one use of the token and creates or refreshes the node record,
-/// on `reader`'s state; a refused token is left in `refusal` for the audit.
-fn plan_enrollment(
-    reader: &KvReader,
-    enrollment: &Enrollment,
-    bootstrap_token: &str,
-    not_after_ms: u64,
-    refusal: &mut Option<EnrollError>,
-) -> Result<Planned<(NodeRecord, bool)>, Status> {
-    let token_key = format!("{ENROLL_TOKENS_PREFIX}{}", enrollment.token_id);
-    let stored = reader.get(token_key.as_bytes()).map_err(|e| Status::internal(e.to_string()))?;
-    let Some(token_kv) = stored else {
-        // Not audited: anyone could fill the log with made-up ids.
-        return Err(Status::from(EnrollError::Wrong {
-            reason: format!(
-                "enroll token {} does not exist (if it was created a moment ago, retry in a few seconds)",
-                enrollment.token_id
-            ),
-        }));
-    };
-    let token: EnrollTokenRecord = serde_json::from_slice(&token_kv.value)
-        .map_err(|e| Status::internal(format!("stored record {token_key} does not decode: {e}")))?;
-    let now = now_ms();
-    let spent = consume_enroll_token(&token, bootstrap_token, now).map_err(|e| {
-        *refusal = Some(e.clone());
-        Status::from(e)
-    })?;
-
-    let node_key = node_key(&enrollment.node_id);
-    let existing = read_node(reader, &enrollment.node_id).map_err(|e| Status::internal(e.to_string()))?;
-    let (node_guard, reenrolled, mut record) = match existing {
-        Some(stored) => {
-            (Compare::mod_revision(node_key.as_str(), CompareOp::Equal, stored.mod_revision), true, stored.record)
-        }
-        None => (
-            Compare::missing(node_key.as_str()),
-            false,
-            NodeRecord {
-                node_id: enrollment.node_id.clone(),
-                machine_id: enrollment.node_id.clone(),
-                state: pb::NodeState::Idle as i32,
-                boot_state: pb::BootState::Unknown as i32,
-                enrolled_at_ms: now,
-                state_changed_at_ms: now,
-                ..NodeRecord::default()
-            },
-        ),
-    };
-    // A known machine keeps its status and state; what enrollment says
-    // about it is refreshed.
-    record.hostname = enrollment.hostname.clone();
-    record.identity = Some(enrollment.identity.clone());
-    record.family = Some(enrollment.family.clone());
-    record.enrollment_labels = spent.labels.clone();
-    record.enrolled_with = spent.id.to_string();
-    record.certificate_not_after_ms = not_after_ms;
-
-    let token_value = serde_json::to_vec(&spent).map_err(|e| Status::internal(format!("encoding {token_key}: {e}")))?;
-    Ok(Planned {
-        compares: vec![Compare::mod_revision(token_key.as_str(), CompareOp::Equal, token_kv.mod_revision), node_guard],
-        ops: vec![Op::put(token_key.as_str(), token_value), Op::put(node_key.as_str(), record.encode())],
-        target: format!("node/{}", enrollment.node_id),
-        value: (record, reenrolled),
-    })
 }
 
 /// The status of a failed signing: an expired intermediate is the

@@ -5,6 +5,7 @@
 //! the node id always comes from that certificate, never from a message,
 //! so a node can only ever speak for itself.
 
+mod batch;
 pub mod enroll;
 
 use kairos_fleet_proto::fleet::v1 as pb;
