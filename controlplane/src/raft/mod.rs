@@ -77,7 +77,29 @@ pub fn host_of(addr: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use super::*;
+    use crate::store::{Op, Request};
+
+    #[test]
+    fn writes_round_trip_in_both_encodings_and_postcard_keeps_bytes_compact() {
+        let write = Request::batch(vec![Op::put("nodes/a", vec![0xffu8; 1000])]);
+        let json = encode(&write, PayloadEncoding::Json).expect("json");
+        let binary = encode(&write, PayloadEncoding::Postcard).expect("postcard");
+        assert_eq!(decode::<Request>(&json, PayloadEncoding::Json as i32).expect("json decodes"), write);
+        assert_eq!(decode::<Request>(&binary, PayloadEncoding::Postcard as i32).expect("postcard decodes"), write);
+        assert!(binary.len() * 3 < json.len(), "postcard {} bytes, json {}", binary.len(), json.len());
+    }
+
+    #[test]
+    fn a_payload_from_a_peer_without_the_encoding_field_is_json() {
+        let write = Request::put("k", "v");
+        let json = serde_json::to_vec(&write).expect("json");
+        // proto3: an absent enum field reads as 0.
+        assert_eq!(decode::<Request>(&json, 0).expect("decodes"), write);
+        assert!(matches!(decode::<Request>(&json, 9), Err(CodecError::Unknown(9))));
+        assert_eq!(answer_encoding(0), PayloadEncoding::Json);
+        assert_eq!(answer_encoding(9), SEND_ENCODING);
+    }
 
     #[test]
     fn host_of_strips_port_and_ipv6_brackets() {
