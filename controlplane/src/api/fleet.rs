@@ -42,6 +42,7 @@ use crate::nodes::check_node_id;
 use crate::raft::MAX_MESSAGE_BYTES;
 use crate::replica::ReplicaClient;
 use crate::security::Role;
+use crate::sessions::Sessions;
 use catalog::Catalog;
 use filter::{flavor, release, NodeMatcher};
 use order::{page_token, parse_page_token, Order, SortKey};
@@ -59,6 +60,7 @@ const MAX_CONCURRENT_SCANS: usize = 4;
 #[derive(Clone)]
 pub struct FleetApi {
     client: ReplicaClient,
+    sessions: Option<Sessions>,
     watch_limits: WatchLimits,
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
     scans: Arc<Semaphore>,
@@ -69,9 +71,31 @@ impl FleetApi {
     pub fn new(client: ReplicaClient) -> Self {
         FleetApi {
             client,
+            sessions: None,
             watch_limits: WatchLimits::default(),
             stopping: None,
             scans: Arc::new(Semaphore::new(MAX_CONCURRENT_SCANS)),
+        }
+    }
+
+    /// The same service, adding what this replica's node sessions know
+    /// live (exact last-seen time, download progress) to the nodes whose
+    /// streams it holds.
+    pub fn with_sessions(self, sessions: Sessions) -> Self {
+        FleetApi { sessions: Some(sessions), ..self }
+    }
+
+    /// What only the replica holding a node's stream knows: the exact last
+    /// time it was heard from and its download progress.
+    fn overlay_live(&self, node: &mut pb::Node) {
+        let Some(live) = self.sessions.as_ref().and_then(|s| s.live(&node.node_id)) else { return };
+        if node.connected_replica_id != self.client.id() {
+            return;
+        }
+        node.last_seen = crate::nodes::timestamp_ms(live.last_seen_ms);
+        let transferring = [pb::NodeState::Downloading as i32, pb::NodeState::Verifying as i32];
+        if transferring.contains(&node.state) {
+            node.progress = live.progress;
         }
     }
 
@@ -260,10 +284,14 @@ impl FleetService for FleetApi {
                     (Some(last), true) => page_token(&order, req.filter.as_ref(), last),
                     _ => String::new(),
                 };
-                let nodes = page.rows.iter().map(|row| row.to_node(&catalog)).collect();
+                let nodes: Vec<pb::Node> = page.rows.iter().map(|row| row.to_node(&catalog)).collect();
                 Ok((nodes, next_page_token, page.total))
             })
             .await?;
+        let mut nodes = nodes;
+        for node in &mut nodes {
+            self.overlay_live(node);
+        }
         Ok(Response::new(pb::ListNodesResponse { nodes, next_page_token, total_size, meta: Some(meta) }))
     }
 
@@ -276,7 +304,9 @@ impl FleetService for FleetApi {
         let row = NodeRow::read(reader, &node_id)?
             .ok_or_else(|| Status::not_found(format!("node_id: no node {node_id} is enrolled in the fleet")))?;
         let catalog = Catalog::load(reader)?;
-        Ok(Response::new(pb::GetNodeResponse { node: Some(row.to_node(&catalog)), meta: Some(meta) }))
+        let mut node = row.to_node(&catalog);
+        self.overlay_live(&mut node);
+        Ok(Response::new(pb::GetNodeResponse { node: Some(node), meta: Some(meta) }))
     }
 
     type WatchNodesStream = EventStream;

@@ -243,7 +243,9 @@ impl Replica {
             .add_service(
                 NodeApi::new(Enroller::new(client.clone(), config.node_ca.clone()), sessions.clone()).into_server(),
             )
-            .add_service(FleetApi::new(client.clone()).with_shutdown(stopping_rx).into_server());
+            .add_service(
+                FleetApi::new(client.clone()).with_sessions(sessions.clone()).with_shutdown(stopping_rx).into_server(),
+            );
         let server = server::ServerTask::spawn(router, listener);
         let handle =
             ReplicaHandle { client, sessions, server, health, stopping, local_addr, data_dir: config.data_dir };

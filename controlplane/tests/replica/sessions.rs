@@ -208,6 +208,32 @@ async fn a_node_on_a_follower_gets_desired_state_written_through_the_leader_and_
         })
         .await;
     }
+    // Download progress stays in the memory of the replica holding the
+    // stream, which shows it in GetNode; other replicas do not have it.
+    let progress = pb::Progress {
+        generation: 7,
+        phase: pb::NodeState::Downloading as i32,
+        bytes_done: 4096,
+        bytes_total: 8192,
+        ..Default::default()
+    };
+    stream.send(NodeBody::Progress(progress.clone())).await;
+    let get = |addr: String| {
+        let pki = Arc::clone(&pki);
+        async move {
+            let mut fleet = pb::fleet_service_client::FleetServiceClient::new(crate::common::channel(&pki, &addr));
+            let request = pb::GetNodeRequest { node_id: NODE_A.into(), ..Default::default() };
+            fleet.get_node(request).await.ok().and_then(|r| r.into_inner().node)
+        }
+    };
+    let seen = eventually("progress on the holding replica", Duration::from_secs(5), || async {
+        get(slots[2].addr()).await.filter(|n| n.progress.as_ref() == Some(&progress))
+    })
+    .await;
+    assert!(seen.online && seen.connected_replica_id == 3, "{seen:?}");
+    let elsewhere = get(slots[0].addr()).await.expect("GetNode on the leader");
+    assert_eq!(elsewhere.progress, None, "progress is not replicated");
+
     // A resent update is acknowledged again and changes nothing.
     let before = nodes::read_node(leader.reader(), NODE_A).expect("read").expect("node").mod_revision;
     stream.send(status(1, pb::NodeState::Failed)).await;
