@@ -19,39 +19,13 @@ pub trait HelloSource: Send + Sync {
 }
 
 /// The wire identity of `identity`, read from `release_file` (the path as
-/// the node sees it, e.g. `/etc/kairos-release`).
-///
-/// The domain identity keeps parsed values, so two fields are rebuilt:
-/// `version` is the release (`vX.Y.Z`), and `image_label` is the tag of the
-/// image reference when it parses (what `KAIROS_IMAGE_LABEL` holds).
+/// the node sees it, e.g. `/etc/kairos-release`); see
+/// [`identity_to_pb`](kairos_controlplane::nodes::identity_to_pb).
 pub fn pb_identity(identity: &NodeIdentity, release_file: &Path) -> pb::NodeIdentity {
-    let software = identity.software.as_ref();
-    pb::NodeIdentity {
-        flavor: identity.flavor.clone(),
-        flavor_release: identity.flavor_release.clone(),
-        variant: identity.variant.as_str().to_string(),
-        model: identity.model.clone(),
-        arch: identity.arch.as_str().to_string(),
-        release: format!("v{}", identity.release),
-        version: format!("v{}", identity.release),
-        software_version: software.map(|s| s.upstream()).unwrap_or_default(),
-        software_version_prefix: software.map(|s| s.distro.as_str().to_string()).unwrap_or_default(),
-        image_repo: image_ref_of(identity),
-        trusted_boot: identity.trusted_boot,
-        fips: identity.fips,
-        image_label: identity.image_repo.as_ref().map(|i| i.tag()).unwrap_or_default(),
-        release_file: release_file.display().to_string(),
-    }
+    kairos_controlplane::nodes::identity_to_pb(identity, &release_file.display().to_string())
 }
 
-/// The running image's reference as the release file wrote it (or as parsed).
-pub fn image_ref_of(identity: &NodeIdentity) -> String {
-    match (&identity.image_repo_raw, &identity.image_repo) {
-        (Some(raw), _) => raw.clone(),
-        (None, Some(image)) => image.to_string(),
-        (None, None) => String::new(),
-    }
-}
+pub use kairos_controlplane::nodes::image_ref_of;
 
 /// The wire boot state.
 pub fn pb_boot_state(boot: BootState) -> pb::BootState {

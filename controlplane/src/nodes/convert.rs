@@ -78,12 +78,13 @@ pub fn identity_from_pb(identity: &pb::NodeIdentity) -> Result<NodeIdentity, Ide
 }
 
 /// The wire form of a domain identity; `release_file` is the path it was
-/// read from.
+/// read from (as the node sees it, e.g. `/etc/kairos-release`).
+///
+/// The domain identity keeps parsed values, so two fields are rebuilt:
+/// `version` is the release (`vX.Y.Z`), and `image_label` is the tag of the
+/// image reference when it parses (what `KAIROS_IMAGE_LABEL` holds).
 pub fn identity_to_pb(identity: &NodeIdentity, release_file: &str) -> pb::NodeIdentity {
-    let (software_version, software_version_prefix) = match &identity.software {
-        Some(sw) => (format!("v{}+{}", sw.version, sw.build), sw.distro.as_str().to_string()),
-        None => (String::new(), String::new()),
-    };
+    let software = identity.software.as_ref();
     pb::NodeIdentity {
         flavor: identity.flavor.clone(),
         flavor_release: identity.flavor_release.clone(),
@@ -92,13 +93,22 @@ pub fn identity_to_pb(identity: &NodeIdentity, release_file: &str) -> pb::NodeId
         arch: identity.arch.as_str().to_string(),
         release: format!("v{}", identity.release),
         version: format!("v{}", identity.release),
-        software_version,
-        software_version_prefix,
-        image_repo: identity.image_repo_raw.clone().unwrap_or_default(),
+        software_version: software.map(|s| s.upstream()).unwrap_or_default(),
+        software_version_prefix: software.map(|s| s.distro.as_str().to_string()).unwrap_or_default(),
+        image_repo: image_ref_of(identity),
         trusted_boot: identity.trusted_boot,
         fips: identity.fips,
-        image_label: String::new(),
+        image_label: identity.image_repo.as_ref().map(|i| i.tag()).unwrap_or_default(),
         release_file: release_file.to_string(),
+    }
+}
+
+/// The running image's reference as the release file wrote it (or as parsed).
+pub fn image_ref_of(identity: &NodeIdentity) -> String {
+    match (&identity.image_repo_raw, &identity.image_repo) {
+        (Some(raw), _) => raw.clone(),
+        (None, Some(image)) => image.to_string(),
+        (None, None) => String::new(),
     }
 }
 

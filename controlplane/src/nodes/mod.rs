@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use kairos_fleet_proto::fleet::v1 as pb;
 use prost::Message;
 
-pub use convert::{family_to_pb, identity_from_pb, identity_to_pb, IdentityFieldError};
+pub use convert::{family_to_pb, identity_from_pb, identity_to_pb, image_ref_of, IdentityFieldError};
 
 use crate::store::{KeyValue, KvReader, StoreError};
 

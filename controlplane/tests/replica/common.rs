@@ -49,6 +49,11 @@ impl Pki {
         Identity::from_pem(cert.pem(), key.serialize_pem())
     }
 
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     fn ca(&self) -> Certificate {
         Certificate::from_pem(&self.ca_pem)
     }

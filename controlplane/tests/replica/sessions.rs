@@ -292,6 +292,27 @@ async fn connect_refuses_callers_without_a_node_certificate_and_nodes_that_are_n
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     let err = Stream::open(&pki, "replica-2", &slot.addr()).await.err().expect("replica refused");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // A certificate naming node A but issued by another CA does not get past TLS.
+    let forger = Pki::new();
+    let forged = Endpoint::from_shared(format!("https://{}", slot.addr()))
+        .expect("endpoint")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pki.ca_pem()))
+                .domain_name("127.0.0.1")
+                .identity(forger.identity(&format!("node-{NODE_A}"))),
+        )
+        .expect("client tls")
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy();
+    let (tx, out) = mpsc::channel(4);
+    tx.send(pb::NodeMessage { body: Some(NodeBody::Hello(pb::Hello { identity: Some(identity()), ..Default::default() })) })
+        .await
+        .expect("queue");
+    let refused = NodeServiceClient::new(forged).connect(ReceiverStream::new(out)).await;
+    assert!(refused.is_err(), "a node certificate from a foreign CA was accepted");
+    assert_eq!(online_on(&replica, NODE_A), None);
+
     let err = Stream::open(&pki, &format!("node-{NODE_B}"), &slot.addr()).await.err().expect("unknown node");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("not enrolled"), "{err:?}");

@@ -171,18 +171,22 @@ fn run(args: &Args, count: usize) {
     println!("\n== {count} simulated nodes, heartbeat every {} ms, 3 replicas ==", args.heartbeat_ms);
     let mut cluster = Cluster::init(3);
     let hb = args.heartbeat_ms.to_string();
-    for id in 1..=3 {
-        cluster.start_with(id, &["--node-heartbeat-ms", &hb]);
-    }
-    wait_for("a leader", Duration::from_secs(30), || commit_index(&cluster).filter(|c| *c > 0));
+    cluster.form(&["--node-heartbeat-ms", &hb]);
     let pids = replica_pids();
     assert_eq!(pids.len(), 3, "replica processes: {pids:?}");
     let idle = measure(&pids, Duration::from_secs(5));
 
     let steady_and_storm = Duration::from_secs(args.steady_secs + 10);
     let started = Instant::now();
-    let sims = start_simulators(&cluster, count, args.per_simulator, steady_and_storm);
+    let mut sims = start_simulators(&cluster, count, args.per_simulator, steady_and_storm);
     let connected = wait_for("every node online", Duration::from_secs(1800), || {
+        for sim in &mut sims {
+            if let Ok(Some(status)) = sim.child.try_wait() {
+                let log = std::fs::read_to_string(&sim.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                panic!("a simulator exited early ({status}): {tail:?}");
+            }
+        }
         (online_nodes(&cluster) >= count as u64).then(|| started.elapsed())
     });
     println!(

@@ -23,7 +23,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::batch::{self, Pending};
 
-use crate::api::admin::enroll_token_id;
+use crate::api::admin::{enroll_token_id, ENROLL_TOKENS_PREFIX};
 use crate::api::audit::{code_name, method, truncate, AuditRecord, Outcome};
 use crate::nodes::{check_node_id, family_to_pb, identity_from_pb};
 use crate::replica::ReplicaClient;
@@ -34,6 +34,9 @@ use crate::security::{NodeCsr, NodeIssuer, SecurityError, TokenId};
 pub const MAX_BOOTSTRAP_TOKEN_CHARS: usize = 256;
 /// Longest hostname accepted, in characters.
 pub const MAX_HOSTNAME_CHARS: usize = 253;
+/// How long an enrollment waits for an unknown token to be applied here.
+const TOKEN_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(100);
+const TOKEN_WAIT_ROUNDS: u32 = 15;
 /// Longest audit summary and error message kept (the audit log's limit).
 const MAX_AUDIT_TEXT: usize = 1024;
 
@@ -126,6 +129,7 @@ impl Enroller {
             replica_id: self.client.id(),
         };
         let token_id = enrollment.token_id.clone();
+        self.await_token(&token_id).await;
         let node_id = enrollment.node_id.clone();
         let peer = audited.peer.clone();
         let (reply, answer) = oneshot::channel();
@@ -166,6 +170,20 @@ impl Enroller {
             }),
             labels: record.enrollment_labels.into_iter().collect(),
         }))
+    }
+
+    /// A token created a moment ago through the leader may not be applied
+    /// here yet: wait briefly for it rather than refuse (no raft entry is
+    /// spent on an unauthenticated caller; an unknown token just answers
+    /// a little later).
+    async fn await_token(&self, token_id: &TokenId) {
+        let key = format!("{ENROLL_TOKENS_PREFIX}{token_id}");
+        for _ in 0..TOKEN_WAIT_ROUNDS {
+            if !matches!(self.client.reader().get(key.as_bytes()), Ok(None)) {
+                return;
+            }
+            tokio::time::sleep(TOKEN_WAIT_STEP).await;
+        }
     }
 
     /// `https://host:port` of every replica in the raft membership, by id.
