@@ -117,7 +117,8 @@ pub struct SimulateArgs {
     /// Stop after this long (e.g. 10m); default: until SIGINT/SIGTERM.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Send a status storm this long after all nodes are connected.
+    /// Send a status storm this long after all nodes are connected
+    /// (SIGUSR1 sends it at once, as soon as all are connected).
     #[arg(long, value_parser = parse_duration)]
     pub storm_after: Option<Duration>,
     /// State every node reports in the storm.

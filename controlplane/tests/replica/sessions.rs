@@ -306,9 +306,11 @@ async fn connect_refuses_callers_without_a_node_certificate_and_nodes_that_are_n
         .connect_timeout(Duration::from_secs(1))
         .connect_lazy();
     let (tx, out) = mpsc::channel(4);
-    tx.send(pb::NodeMessage { body: Some(NodeBody::Hello(pb::Hello { identity: Some(identity()), ..Default::default() })) })
-        .await
-        .expect("queue");
+    tx.send(pb::NodeMessage {
+        body: Some(NodeBody::Hello(pb::Hello { identity: Some(identity()), ..Default::default() })),
+    })
+    .await
+    .expect("queue");
     let refused = NodeServiceClient::new(forged).connect(ReceiverStream::new(out)).await;
     assert!(refused.is_err(), "a node certificate from a foreign CA was accepted");
     assert_eq!(online_on(&replica, NODE_A), None);

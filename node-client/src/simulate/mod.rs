@@ -325,6 +325,10 @@ async fn drive(
     let mut storm: Option<(Instant, StormReport)> = None;
     let mut handles: Vec<NodeHandle> = Vec::with_capacity(options.count);
     let mut refused = None;
+    // SIGUSR1 sends the storm now (once every node is connected): how a
+    // benchmark fires the storms of several simulators at one moment.
+    let mut storm_signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+    let mut storm_requested = false;
     loop {
         let storm_awaiting_acks = storm.as_ref().filter(|(_, s)| s.all_acked_ms.is_none()).map(|(_, s)| s.nodes);
         tokio::select! {
@@ -343,6 +347,15 @@ async fn drive(
             _ = connected.wait_for(|c| *c >= count), if all_connected.is_none() => {
                 all_connected = Some(started.elapsed());
                 storm_at = options.storm_after.map(|d| tokio::time::Instant::now() + d);
+                if storm_requested {
+                    storm_at = Some(tokio::time::Instant::now());
+                }
+            }
+            Some(()) = async { storm_signal.as_mut()?.recv().await }, if storm_signal.is_some() && storm.is_none() => {
+                storm_requested = true;
+                if all_connected.is_some() {
+                    storm_at = Some(tokio::time::Instant::now());
+                }
             }
             _ = sleep_until(storm_at.unwrap_or_else(far_future)), if storm_at.is_some() && storm.is_none() => {
                 // Nodes connect only after their handle was queued: all are here.

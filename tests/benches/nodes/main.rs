@@ -125,7 +125,7 @@ impl Simulator {
     }
 }
 
-fn start_simulators(cluster: &Cluster, count: usize, per: usize, storm_after: Duration) -> Vec<Simulator> {
+fn start_simulators(cluster: &Cluster, count: usize, per: usize) -> Vec<Simulator> {
     let servers: Vec<String> = (1..=3).map(|id| format!("https://{}", cluster.addresses[&id])).collect();
     let mut sims = Vec::new();
     let mut left = count;
@@ -150,7 +150,6 @@ fn start_simulators(cluster: &Cluster, count: usize, per: usize, storm_after: Du
             .arg(cluster.dir.path().join("ca.pem"))
             .arg("--report")
             .arg(&report)
-            .args(["--storm-after", &format!("{}s", storm_after.as_secs())])
             .env("KAIROS_FLEET_TOKEN", secret)
             .stdin(Stdio::null())
             .stdout(out_file)
@@ -176,9 +175,8 @@ fn run(args: &Args, count: usize) {
     assert_eq!(pids.len(), 3, "replica processes: {pids:?}");
     let idle = measure(&pids, Duration::from_secs(5));
 
-    let steady_and_storm = Duration::from_secs(args.steady_secs + 10);
     let started = Instant::now();
-    let mut sims = start_simulators(&cluster, count, args.per_simulator, steady_and_storm);
+    let mut sims = start_simulators(&cluster, count, args.per_simulator);
     let connected = wait_for("every node online", Duration::from_secs(1800), || {
         for sim in &mut sims {
             if let Ok(Some(status)) = sim.child.try_wait() {
@@ -200,9 +198,13 @@ fn run(args: &Args, count: usize) {
     let steady = measure(&pids, Duration::from_secs(args.steady_secs));
     let c1 = commit_index(&cluster).unwrap_or(0);
 
-    // The storm starts storm_after past the simulators' own all-connected
-    // moment; follow the commit index until the log is quiet again.
-    let mut series: Vec<(u64, u64)> = Vec::new();
+    // Every simulator sends its storm at once (SIGUSR1); follow the commit
+    // index until the log is quiet again.
+    let mut series: Vec<(u64, u64)> = vec![(now_ms(), c1)];
+    for sim in &sims {
+        let pid = nix::unistd::Pid::from_raw(sim.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1);
+    }
     let until = Instant::now() + Duration::from_secs(120);
     let mut quiet_since: Option<Instant> = None;
     let mut last = c1;
