@@ -166,6 +166,13 @@ fn each_role_makes_exactly_its_calls_revocation_reaches_every_replica_and_every_
         "viewer tokens create",
     );
     assert_denied(&ctl_as(&cluster, &viewer, 1, &["audit", "list"]), "admin", "viewer audit list");
+    ok_stdout(&ctl_as(&cluster, &viewer, 3, &["nodes", "list"]), "viewer nodes list");
+    ok_stdout(&ctl_as(&cluster, &viewer, 2, &["fleet", "report"]), "viewer fleet report");
+    assert_denied(
+        &ctl_as(&cluster, &viewer, 1, &["enroll-tokens", "create", "--uses", "1"]),
+        "admin",
+        "viewer enroll-tokens create",
+    );
 
     // Operator: releases, but neither tokens nor membership.
     wait_allowed(&cluster, &operator, 2, &["releases", "add", RELEASE]);
@@ -173,6 +180,12 @@ fn each_role_makes_exactly_its_calls_revocation_reaches_every_replica_and_every_
     let created = ctl_as(&cluster, &operator, 2, &["tokens", "create", "--role", "viewer"]);
     assert_denied(&created, "admin", "operator tokens create");
     assert_denied(&ctl_as(&cluster, &operator, 1, &["tokens", "list"]), "admin", "operator tokens list");
+    assert_denied(
+        &ctl_as(&cluster, &operator, 3, &["enroll-tokens", "create", "--uses", "1"]),
+        "admin",
+        "operator enroll-tokens create",
+    );
+    ok_stdout(&ctl_as(&cluster, &operator, 3, &["nodes", "list"]), "operator nodes list");
     assert_denied(
         &ctl_as(&cluster, &operator, 1, &["cluster", "remove-replica", "3"]),
         "admin",
@@ -185,6 +198,9 @@ fn each_role_makes_exactly_its_calls_revocation_reaches_every_replica_and_every_
         assert!(listed.contains(&format!("\"{}\"", token.id)), "{} missing: {listed}", token.id);
     }
     let table = ok_stdout(&ctl_as(&cluster, &admin, 2, &["tokens", "list"]), "admin tokens list table");
+    let enroll =
+        json(&ctl_as(&cluster, &admin, 3, &["enroll-tokens", "create", "--uses", "2", "-o", "json"]), "enroll");
+    let enroll_id = enroll["token"]["token_id"].as_str().unwrap_or_else(|| panic!("no id in {enroll}")).to_string();
     assert_no_secret(&format!("{listed}{table}"), &[&admin.secret, &viewer.secret, &operator.secret], "tokens list");
     let last = ctl_as(&cluster, &admin, 1, &["tokens", "revoke", &admin.id]);
     assert_eq!(code(&last), INVALID, "revoking the last admin token: {}", text(&last));
@@ -217,6 +233,14 @@ fn each_role_makes_exactly_its_calls_revocation_reaches_every_replica_and_every_
     assert_audited(&entries, "AdminService/RevokeToken", &format!("token/{}", admin.id), "failed", &admin);
     assert_audited(&entries, "AdminService/CreateToken", "", "denied", &viewer);
     assert_audited(&entries, "AdminService/CreateToken", "", "denied", &operator);
+    assert_audited(
+        &entries,
+        "AdminService/CreateEnrollToken",
+        &format!("enroll-token/{enroll_id}"),
+        "succeeded",
+        &admin,
+    );
+    assert_audited(&entries, "AdminService/CreateEnrollToken", "", "denied", &viewer);
     let sequences: Vec<u64> = entries.iter().filter_map(|e| e["sequence"].as_u64()).collect();
     assert!(sequences.windows(2).all(|w| w[0] > w[1]), "newest first, no repeats: {sequences:?}");
     let raw = serde_json::to_string(&entries).expect("json");
