@@ -110,6 +110,13 @@ pub fn apply_hello(record: &mut NodeRecord, hello: &pb::Hello, now_ms: u64) -> R
     record.previous_image_digest = hello.previous_image_digest.clone();
     record.boot_time_ms = ms_of_timestamp(hello.boot_time.as_ref());
     record.last_seen_ms = now_ms;
+    // A node that lost its state dir (re-enrolled, reinstalled) counts its
+    // transitions from 1 again: follow its numbering, or its updates would
+    // be taken for ones already recorded.
+    let node_seq = hello.last_status.as_ref().map_or(0, |s| s.seq);
+    if node_seq < record.last_seq() {
+        record.last_status = hello.last_status.clone();
+    }
     Ok(())
 }
 
@@ -256,6 +263,21 @@ mod tests {
         u.image_digest = format!("sha256:{}", "a".repeat(64));
         apply_status(&mut r, &u, 5);
         assert_eq!((r.previous_image_ref.as_str(), r.current_image_ref.as_str()), ("old", "new"));
+    }
+
+    #[test]
+    fn a_node_that_restarts_its_numbering_is_followed() {
+        let mut r = NodeRecord::default();
+        apply_status(&mut r, &status(9, pb::NodeState::Healthy), 1);
+        let mut h = hello();
+        h.last_status = None;
+        apply_hello(&mut r, &h, 2).expect("valid hello");
+        assert_eq!(r.last_seq(), 0, "a node with no persisted status starts over");
+        assert_eq!(apply_status(&mut r, &status(1, pb::NodeState::Idle), 3), StatusOutcome::Recorded);
+        // A node whose last status is the recorded one keeps the numbering.
+        h.last_status = r.last_status.clone();
+        apply_hello(&mut r, &h, 4).expect("valid hello");
+        assert_eq!(r.last_seq(), 1);
     }
 
     #[test]

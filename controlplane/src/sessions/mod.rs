@@ -104,6 +104,9 @@ struct Local {
     progress: Option<pb::Progress>,
     /// Highest desired-state generation sent on this stream.
     pushed_generation: u64,
+    /// Store revision of the newest desired-state change offered, so an
+    /// older change read later (a lagging feed) never undoes a newer one.
+    offered_revision: u64,
 }
 
 /// What the replica holding a node's stream knows beyond the replicated state.
@@ -125,6 +128,7 @@ pub struct Sessions {
 
 struct Inner {
     client: ReplicaClient,
+    stopped: std::sync::atomic::AtomicBool,
     settings: SessionSettings,
     registry: Mutex<HashMap<String, Local>>,
     writes: mpsc::Sender<WriteItem>,
@@ -136,6 +140,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How long a closing stream waits to queue its final status.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Queue of changes waiting for the writer; a full queue slows new streams
 /// down (backpressure) rather than dropping changes.
 const WRITE_QUEUE: usize = 100_000;
@@ -146,6 +153,7 @@ impl Sessions {
         let (writes, rx) = mpsc::channel(WRITE_QUEUE);
         let inner = Arc::new(Inner {
             client,
+            stopped: std::sync::atomic::AtomicBool::new(false),
             settings,
             registry: Mutex::new(HashMap::new()),
             writes,
@@ -163,6 +171,11 @@ impl Sessions {
 
     /// Ends every stream and stops the background tasks.
     pub fn stop(&self) {
+        // Under the registry lock, so no stream registers after the drain below.
+        {
+            let _registry = lock(&self.inner.registry);
+            self.inner.stopped.store(true, Ordering::SeqCst);
+        }
         for task in lock(&self.inner.tasks).drain(..) {
             task.abort();
         }
@@ -212,6 +225,14 @@ impl Sessions {
         }
     }
 
+    /// Ends the current stream of `node_id`, whichever it is.
+    pub(crate) fn close_node(&self, node_id: &str, status: Status) {
+        let mut registry = lock(&self.inner.registry);
+        if let Some(close) = registry.get_mut(node_id).and_then(|l| l.close.take()) {
+            let _ = close.send(status);
+        }
+    }
+
     /// Ends every stream with `status`.
     pub(crate) fn close_all(&self, status: &Status) {
         let mut registry = lock(&self.inner.registry);
@@ -233,23 +254,39 @@ impl Sessions {
         }
     }
 
-    /// Sends the desired state if it is newer than what the stream has seen.
-    pub(crate) fn offer_desired(&self, node_id: &str, desired: Option<pb::DesiredState>) {
+    /// Offers the desired state as of store revision `revision` (`None`:
+    /// withdrawn) to the node's stream: sent if it is newer than what the
+    /// stream has seen. A message that does not fit the node's queue ends
+    /// the stream, so the node reconnects and reads it afresh.
+    pub(crate) fn offer_desired(&self, node_id: &str, desired: Option<pb::DesiredState>, revision: u64) {
         let mut registry = lock(&self.inner.registry);
         let Some(local) = registry.get_mut(node_id) else { return };
-        let body = match desired {
+        if revision != 0 && revision <= local.offered_revision {
+            return;
+        }
+        local.offered_revision = local.offered_revision.max(revision);
+        let (body, pushed) = match desired {
             Some(d) if d.generation > local.pushed_generation => {
-                local.pushed_generation = d.generation;
-                ServerBody::DesiredState(d)
+                let generation = d.generation;
+                (ServerBody::DesiredState(d), generation)
             }
             // A withdrawn desired state: cancel what was pushed.
-            None if local.pushed_generation > 0 => ServerBody::Cancel(pb::Cancel {
-                generation: local.pushed_generation,
-                reason: "the desired state was withdrawn".into(),
-            }),
+            None if local.pushed_generation > 0 => (
+                ServerBody::Cancel(pb::Cancel {
+                    generation: local.pushed_generation,
+                    reason: "the desired state was withdrawn".into(),
+                }),
+                0,
+            ),
             _ => return,
         };
-        let _ = local.tx.try_send(Ok(pb::ServerMessage { body: Some(body) }));
+        if local.tx.try_send(Ok(pb::ServerMessage { body: Some(body) })).is_ok() {
+            local.pushed_generation = pushed;
+        } else if let Some(close) = local.close.take() {
+            let _ = close.send(Status::resource_exhausted(
+                "the node does not read its stream; reconnect to receive the desired state",
+            ));
+        }
     }
 
     /// The node ids whose streams this replica holds.
@@ -326,6 +363,9 @@ impl Sessions {
         let _ = tx.try_send(Ok(config));
         let replaced = {
             let mut registry = lock(&self.inner.registry);
+            if self.inner.stopped.load(Ordering::SeqCst) {
+                return Err(Status::unavailable("the replica is shutting down; reconnect to another replica"));
+            }
             let local = Local {
                 session: session.clone(),
                 tx: tx.clone(),
@@ -333,6 +373,7 @@ impl Sessions {
                 last_seen_ms: Arc::clone(&last_seen),
                 progress: None,
                 pushed_generation: 0,
+                offered_revision: 0,
             };
             registry.insert(node_id.clone(), local)
         };
@@ -341,12 +382,21 @@ impl Sessions {
                 let _ = close.send(Status::aborted("superseded by a newer stream of the same node"));
             }
         }
-        self.queue(WriteItem::Connect { node_id: node_id.clone(), session: session.clone(), hello: Box::new(hello) })
-            .await?;
+        let queued = self
+            .queue(WriteItem::Connect { node_id: node_id.clone(), session: session.clone(), hello: Box::new(hello) })
+            .await;
+        if let Err(status) = queued {
+            let mut registry = lock(&self.inner.registry);
+            if registry.get(&node_id).is_some_and(|l| l.session.session_id == session.session_id) {
+                registry.remove(&node_id);
+            }
+            return Err(status);
+        }
         // Registered before this read: a desired state written after it is
         // pushed by the watcher, one written before it is found here.
         match read_desired(reader, &node_id) {
-            Ok(desired) => self.offer_desired(&node_id, desired.map(|(d, _)| d)),
+            Ok(Some((desired, revision))) => self.offer_desired(&node_id, Some(desired), revision),
+            Ok(None) => {}
             Err(e) => tracing::warn!(node = %node_id, error = %e, "reading the desired state"),
         }
         tracing::debug!(node = %node_id, session = session.session_id, "node connected");
@@ -415,7 +465,8 @@ impl Sessions {
             }
         };
         if let Some(status) = ended {
-            let _ = tx.try_send(Err(status));
+            // Wait a moment for room: the reason matters most when the queue is full.
+            let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, tx.send(Err(status))).await;
         }
         let ours = {
             let mut registry = lock(&self.inner.registry);

@@ -21,20 +21,20 @@ pub(crate) async fn push_desired(sessions: Sessions) {
     loop {
         match rx.recv().await {
             Ok(applied) => match &*applied {
-                Applied::Changes { changes, .. } => {
+                Applied::Changes { changes, revision } => {
                     for change in changes {
                         let Some((DESIRED_PREFIX, node_id)) = node_id_of_key(&change.key) else { continue };
-                        let desired = match &change.kv {
+                        let (desired, at) = match &change.kv {
                             Some(kv) => match decode_desired(DESIRED_PREFIX, kv) {
-                                Ok(d) => Some(d),
+                                Ok(d) => (Some(d), kv.mod_revision),
                                 Err(e) => {
                                     tracing::error!(node = %node_id, error = %e, "undecodable desired state");
                                     continue;
                                 }
                             },
-                            None => None,
+                            None => (None, *revision),
                         };
-                        sessions.offer_desired(node_id, desired);
+                        sessions.offer_desired(node_id, desired, at);
                     }
                 }
                 Applied::Reset { .. } => resync(&sessions),
@@ -50,9 +50,13 @@ pub(crate) async fn push_desired(sessions: Sessions) {
 
 /// Offers the stored desired state of every held node again.
 fn resync(sessions: &Sessions) {
+    let reader = sessions.client().reader();
     for node_id in sessions.node_ids() {
-        match read_desired(sessions.client().reader(), &node_id) {
-            Ok(desired) => sessions.offer_desired(&node_id, desired.map(|(d, _)| d)),
+        // Read the revision first: a deletion seen below is at least this new.
+        let now = reader.revision().unwrap_or(0);
+        match read_desired(reader, &node_id) {
+            Ok(Some((desired, revision))) => sessions.offer_desired(&node_id, Some(desired), revision),
+            Ok(None) => sessions.offer_desired(&node_id, None, now),
             Err(e) => tracing::warn!(node = %node_id, error = %e, "reading a desired state"),
         }
     }
@@ -170,7 +174,11 @@ pub(crate) async fn reconcile(sessions: Sessions) {
                                 )),
                             );
                         } else if now_ms().saturating_sub(ours.connected_at_ms) > grace {
-                            ops.push(Op::put(session_key(node_id), ours.encode()));
+                            // Only over what was scanned: a newer write wins.
+                            ops.push(Op::guarded(
+                                vec![Compare::value(key.clone(), CompareOp::Equal, kv.value.clone())],
+                                vec![Op::put(key.clone(), ours.encode())],
+                            ));
                         }
                     }
                     // Not held here: left over from before a restart, or
@@ -190,7 +198,8 @@ pub(crate) async fn reconcile(sessions: Sessions) {
         for (node_id, ours) in held {
             // A stream accepted in the last moments may still be in the writer's queue.
             if now_ms().saturating_sub(ours.connected_at_ms) > grace {
-                ops.push(Op::put(session_key(&node_id), ours.encode()));
+                let key = session_key(&node_id);
+                ops.push(Op::guarded(vec![Compare::missing(key.as_str())], vec![Op::put(key.as_str(), ours.encode())]));
             }
         }
         if ops.is_empty() {

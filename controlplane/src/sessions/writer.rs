@@ -13,6 +13,7 @@ use std::time::Duration;
 use kairos_fleet_proto::fleet::v1 as pb;
 use pb::server_message::Body as ServerBody;
 use tokio::sync::mpsc;
+use tonic::Status;
 
 use super::apply::{apply_hello, apply_status};
 use super::Sessions;
@@ -61,6 +62,9 @@ struct Pending {
     hello: Option<Box<pb::Hello>>,
     statuses: Vec<pb::StatusUpdate>,
     session: Option<SessionOp>,
+    /// A stale stream's record to remove if the connect that replaced its
+    /// removal is itself cancelled (connected and gone within the batch).
+    prior_remove: Option<SessionRecord>,
     /// Batches this node's record write has lost to a concurrent change.
     conflicts: u32,
 }
@@ -70,18 +74,31 @@ impl Pending {
         match item {
             WriteItem::Connect { session, hello, .. } => {
                 self.hello = Some(hello);
+                if let Some(SessionOp::Remove(old)) = self.session.take() {
+                    self.prior_remove = Some(old);
+                }
                 self.session = Some(SessionOp::Put(session));
             }
-            WriteItem::Status { update, .. } => self.statuses.push(update),
+            WriteItem::Status { update, .. } => self.push_status(update),
             WriteItem::Disconnect { session, .. } => {
                 self.session = match self.session.take() {
-                    // Connected and gone within one batch: nothing to record.
-                    Some(SessionOp::Put(put)) if put == session => None,
+                    // Connected and gone within one batch: only an older
+                    // stream's record may still need removing.
+                    Some(SessionOp::Put(put)) if put == session => self.prior_remove.take().map(SessionOp::Remove),
                     // A newer stream's connect stays.
                     Some(SessionOp::Put(put)) => Some(SessionOp::Put(put)),
                     _ => Some(SessionOp::Remove(session)),
                 };
             }
+        }
+    }
+
+    /// Adds a status update once: a node resends unacknowledged updates on
+    /// every new stream, so the same seq may arrive again.
+    fn push_status(&mut self, update: pb::StatusUpdate) {
+        if !self.statuses.iter().any(|s| s.seq == update.seq) {
+            self.statuses.push(update);
+            self.statuses.sort_by_key(|s| s.seq);
         }
     }
 
@@ -158,12 +175,22 @@ pub(crate) async fn run(sessions: Sessions, mut rx: mpsc::Receiver<WriteItem>) {
                         record_ops.push((i, ops.len(), ack));
                         ops.push(Op::guarded(vec![guard], vec![Op::put(node_key(node_id), record.encode())]));
                     }
-                    Ok(None) => tracing::info!(node = %node_id, "node record gone; dropping its session changes"),
-                    Err(e) => tracing::warn!(node = %node_id, error = %e, "reading a node record"),
+                    Ok(None) => {
+                        tracing::info!(node = %node_id, "node record gone; ending its stream");
+                        sessions.close_node(node_id, Status::failed_precondition("the node is no longer enrolled"));
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node_id, error = %e, "reading a node record; the node will resend");
+                        sessions.close_node(node_id, Status::unavailable("cannot record the node's state; reconnect"));
+                    }
                 }
             }
             match &p.session {
-                Some(SessionOp::Put(s)) => ops.push(Op::put(session_key(node_id), s.encode())),
+                // Only for an enrolled node: a removed node stays offline.
+                Some(SessionOp::Put(s)) => ops.push(Op::guarded(
+                    vec![Compare::exists(node_key(node_id))],
+                    vec![Op::put(session_key(node_id), s.encode())],
+                )),
                 Some(SessionOp::Remove(s)) => ops.push(Op::guarded(
                     vec![Compare::value(session_key(node_id), CompareOp::Equal, s.encode())],
                     vec![Op::delete(session_key(node_id))],
@@ -196,7 +223,8 @@ pub(crate) async fn run(sessions: Sessions, mut rx: mpsc::Receiver<WriteItem>) {
                         p.session = None;
                         retry.push((node_id, p));
                     } else {
-                        tracing::error!(node = %node_id, "node record kept changing under the session writer; dropping its changes");
+                        tracing::error!(node = %node_id, "node record kept changing under the session writer");
+                        sessions.close_node(&node_id, Status::aborted("the node's record kept changing; reconnect"));
                     }
                 }
                 for (node_id, p) in retry {
@@ -226,7 +254,12 @@ fn merge_front(pending: &mut BTreeMap<String, Pending>, node_id: String, older: 
             if newer.hello.is_some() {
                 merged.hello = newer.hello;
             }
-            merged.statuses.extend(newer.statuses);
+            for update in newer.statuses {
+                merged.push_status(update);
+            }
+            if newer.prior_remove.is_some() {
+                merged.prior_remove = newer.prior_remove;
+            }
             if newer.session.is_some() {
                 merged.session = newer.session;
             }
@@ -269,6 +302,24 @@ mod tests {
         p.add(disconnect(1));
         p.add(connect(2));
         assert_eq!(p.session, Some(SessionOp::Put(session(2))));
+    }
+
+    #[test]
+    fn a_stale_record_removal_survives_a_connect_that_comes_and_goes() {
+        let mut p = Pending::default();
+        p.add(disconnect(1));
+        p.add(connect(2));
+        p.add(disconnect(2));
+        assert_eq!(p.session, Some(SessionOp::Remove(session(1))));
+    }
+
+    #[test]
+    fn a_resent_status_is_kept_once_in_seq_order() {
+        let mut p = Pending::default();
+        for seq in [2, 1, 2, 3, 1] {
+            p.add(WriteItem::Status { node_id: "n".into(), update: pb::StatusUpdate { seq, ..Default::default() } });
+        }
+        assert_eq!(p.statuses.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
     #[test]

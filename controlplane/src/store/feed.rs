@@ -15,9 +15,10 @@ use tokio::sync::broadcast;
 use super::kv::KeyValue;
 
 /// Batches a subscriber may fall behind before it gets `Lagged`.
-pub const FEED_CAPACITY: usize = 4096;
-/// Changes (keys) kept for resuming watchers, across all kept batches.
-pub const HISTORY_CHANGES: usize = 200_000;
+pub const FEED_CAPACITY: usize = 1024;
+/// Changes kept for resuming watchers, across all kept batches, weighed in
+/// bytes (keys and values) with a floor of one unit per change.
+pub const HISTORY_CHANGES: usize = 64 * 1024 * 1024;
 
 /// One changed key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +57,9 @@ impl Applied {
 
     fn weight(&self) -> usize {
         match self {
-            Applied::Changes { changes, .. } => changes.len().max(1),
+            Applied::Changes { changes, .. } => {
+                changes.iter().map(|c| c.key.len() + c.kv.as_ref().map_or(0, |kv| kv.value.len())).sum::<usize>().max(1)
+            }
             Applied::Reset { .. } => 1,
         }
     }
@@ -206,16 +209,16 @@ mod tests {
     }
 
     #[test]
-    fn history_is_bounded_by_changed_keys() {
+    fn history_is_bounded_by_the_bytes_it_holds() {
         let feed = ChangeFeed::new();
-        let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let batches = HISTORY_CHANGES / 1000 + 10;
-        for r in 1..=batches as u64 {
-            feed.publish(changes(r, &refs));
+        let value = vec![7u8; 64 * 1024];
+        let weight = 1 + value.len();
+        for r in 1..=(HISTORY_CHANGES / weight + 10) as u64 {
+            let kv = KeyValue { value: value.clone(), create_revision: r, mod_revision: r, version: 1 };
+            feed.publish(Applied::Changes { revision: r, changes: vec![Change { key: b"k".to_vec(), kv: Some(kv) }] });
         }
         let history = feed.history();
         assert!(history.weight <= HISTORY_CHANGES, "{}", history.weight);
-        assert_eq!(history.batches.len(), HISTORY_CHANGES / 1000);
+        assert!(history.weight > HISTORY_CHANGES - weight, "kept as much as fits: {}", history.weight);
     }
 }
