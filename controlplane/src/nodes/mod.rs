@@ -261,6 +261,34 @@ pub fn read_desired(reader: &KvReader, node_id: &str) -> Result<Option<(pb::Desi
     Ok(Some((decode_desired(&key, &kv)?, kv.mod_revision)))
 }
 
+/// What the fleet domain (policy, planner) needs to know about a node, from
+/// its record: the identity it last reported, parsed with the release-file
+/// rules; its effective labels; its Kubernetes membership.
+pub fn facts(record: &NodeRecord) -> Result<crate::fleet::model::NodeFacts, IdentityFieldError> {
+    use crate::fleet::model::{K3sMembership, K3sRole, NodeFacts, NodeId};
+    let wire = record.identity.as_ref().ok_or_else(|| IdentityFieldError {
+        field: "identity".into(),
+        rule: format!("node {} has not reported an identity", record.node_id),
+    })?;
+    let identity = identity_from_pb(wire)?;
+    let k3s = record.k3s.as_ref().and_then(|k| {
+        let role = match pb::K3sRole::try_from(k.role) {
+            Ok(pb::K3sRole::Server) => K3sRole::Server,
+            Ok(pb::K3sRole::Agent) => K3sRole::Agent,
+            _ => return None,
+        };
+        Some(K3sMembership { cluster: k.cluster_name.clone(), role })
+    });
+    Ok(NodeFacts {
+        id: NodeId(record.node_id.clone()),
+        family: identity.family(),
+        release: identity.release.clone(),
+        software: identity.software.clone(),
+        labels: record.labels(),
+        k3s,
+    })
+}
+
 /// Unix milliseconds as a protobuf timestamp; `None` for 0 (unknown).
 pub fn timestamp_ms(ms: u64) -> Option<prost_types::Timestamp> {
     if ms == 0 {

@@ -90,3 +90,25 @@ fn timestamps_round_trip_in_milliseconds() {
     assert_eq!(ms_of_timestamp(ts.as_ref()), 1_700_000_000_123);
     assert_eq!(ms_of_timestamp(Some(&prost_types::Timestamp { seconds: -5, nanos: 0 })), 0);
 }
+
+#[test]
+fn facts_carry_the_parsed_identity_labels_and_k3s_role() {
+    let domain = NodeIdentity::parse(UBUNTU_RELEASE).expect("valid release file");
+    let mut r = NodeRecord {
+        node_id: "0123456789abcdef0123456789abcdef".into(),
+        identity: Some(identity_to_pb(&domain, "/etc/kairos-release")),
+        k3s: Some(pb::K3sMembership { role: pb::K3sRole::Server as i32, cluster_name: "edge-a".into() }),
+        ..Default::default()
+    };
+    r.enrollment_labels.insert("site".into(), "berlin".into());
+    let f = facts(&r).expect("facts");
+    assert_eq!(f.family, domain.family());
+    assert_eq!(f.release, domain.release);
+    assert_eq!(f.software, domain.software);
+    assert_eq!(f.labels["site"], "berlin");
+    assert!(f.k3s.as_ref().is_some_and(|k| k.is_server() && k.cluster == "edge-a"), "{:?}", f.k3s);
+    r.k3s = Some(pb::K3sMembership { role: pb::K3sRole::Unspecified as i32, cluster_name: String::new() });
+    assert_eq!(facts(&r).expect("facts").k3s, None, "no role: not in a cluster");
+    r.identity = None;
+    assert_eq!(facts(&r).expect_err("no identity").field, "identity");
+}
