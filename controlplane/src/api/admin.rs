@@ -36,8 +36,6 @@ const MAX_DESCRIPTION_BYTES: usize = 256;
 /// Page size when the request asks for 0, and the largest honoured.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
-/// Keys read from the store per range call while listing.
-const SCAN_BATCH: usize = 1000;
 
 /// `AdminService` of one replica.
 #[derive(Clone)]
@@ -191,22 +189,15 @@ fn paginate<T>(
 
 /// Every JSON record under `prefix`, with its key's mod revision.
 fn load_all<T: serde::de::DeserializeOwned>(reader: &KvReader, prefix: &str) -> Result<Vec<(u64, T)>, Status> {
-    let mut records = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = reader
-            .range(prefix.as_bytes(), after.as_deref(), SCAN_BATCH)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        for (key, kv) in &page {
+    reader
+        .scan_prefix(prefix.as_bytes())
+        .map(|item| {
+            let (key, kv) = item.map_err(|e| Status::internal(e.to_string()))?;
             let record = serde_json::from_slice(&kv.value)
                 .map_err(|e| Status::internal(format!("stored record {} does not decode: {e}", key.escape_ascii())))?;
-            records.push((kv.mod_revision, record));
-        }
-        if page.len() < SCAN_BATCH {
-            return Ok(records);
-        }
-        after = page.last().map(|(key, _)| key.clone());
-    }
+            Ok((kv.mod_revision, record))
+        })
+        .collect()
 }
 
 #[tonic::async_trait]

@@ -29,8 +29,6 @@ const MAX_REF_LEN: usize = 512;
 /// Page size when the request asks for 0, and the largest honoured.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
-/// Keys read from the store per range call while listing.
-const SCAN_BATCH: usize = 1000;
 /// How long AddRelease waits to read back a release another call stored.
 const READ_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -177,25 +175,16 @@ impl ReleaseApi {
 
     /// Every record in the catalog, from the local applied state.
     fn all(&self) -> Result<Vec<ReleaseRecord>, Status> {
-        let reader = self.client.reader();
-        let mut records = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = reader
-                .range(RELEASES_PREFIX.as_bytes(), after.as_deref(), SCAN_BATCH)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            let full = page.len() == SCAN_BATCH;
-            for (key, kv) in &page {
-                let record = serde_json::from_slice(&kv.value).map_err(|e| {
+        self.client
+            .reader()
+            .scan_prefix(RELEASES_PREFIX.as_bytes())
+            .map(|item| {
+                let (key, kv) = item.map_err(|e| Status::internal(e.to_string()))?;
+                serde_json::from_slice(&kv.value).map_err(|e| {
                     Status::internal(format!("stored release {} does not decode: {e}", key.escape_ascii()))
-                })?;
-                records.push(record);
-            }
-            after = page.last().map(|(key, _)| key.clone());
-            if !full {
-                return Ok(records);
-            }
-        }
+                })
+            })
+            .collect()
     }
 }
 

@@ -62,8 +62,6 @@ fn resync(sessions: &Sessions) {
     }
 }
 
-/// Keys read per range call while scanning session records.
-const SCAN_PAGE: usize = 5000;
 /// Least age of a session before the reconciler repairs its record: under a
 /// connect storm the writer may take seconds to record a connect.
 const RECONCILE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -138,66 +136,50 @@ pub(crate) async fn reconcile(sessions: Sessions) {
         };
         let mut held = sessions.held();
         let mut ops = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = match client.reader().range(SESSIONS_PREFIX.as_bytes(), after.as_deref(), SCAN_PAGE) {
-                Ok(page) => page,
+        let now = now_ms();
+        for item in client.reader().scan_prefix(SESSIONS_PREFIX.as_bytes()) {
+            let (key, kv) = match item {
+                Ok(found) => found,
                 Err(e) => {
                     tracing::warn!(error = %e, "scanning session records");
                     break;
                 }
             };
-            let last_page = page.len() < SCAN_PAGE;
-            after = page.last().map(|(k, _)| k.clone());
-            for (key, kv) in page {
-                let Some((_, node_id)) = node_id_of_key(&key) else { continue };
-                let Ok(record) = decode_session(SESSIONS_PREFIX, &kv) else { continue };
-                let remove = || {
-                    Op::guarded(
-                        vec![Compare::value(key.clone(), CompareOp::Equal, kv.value.clone())],
-                        vec![Op::delete(key.clone())],
-                    )
-                };
-                match held.remove(node_id) {
-                    Some(ours) if ours == record => {}
-                    Some(ours) => {
-                        if record.replica_id != me
-                            && record.connected_at_ms > ours.connected_at_ms
-                            && !dead(record.replica_id)
-                        {
-                            sessions.close(
-                                node_id,
-                                ours.session_id,
-                                Status::aborted(format!(
-                                    "the node has a newer stream on replica {}",
-                                    record.replica_id
-                                )),
-                            );
-                        } else if now_ms().saturating_sub(ours.connected_at_ms) > grace {
-                            // Only over what was scanned: a newer write wins.
-                            ops.push(Op::guarded(
-                                vec![Compare::value(key.clone(), CompareOp::Equal, kv.value.clone())],
-                                vec![Op::put(key.clone(), ours.encode())],
-                            ));
-                        }
+            let Some((_, node_id)) = node_id_of_key(&key) else { continue };
+            let Ok(record) = decode_session(SESSIONS_PREFIX, &kv) else { continue };
+            // Every write here holds only over the record as scanned: a newer write wins.
+            let unchanged = || vec![Compare::value(key.clone(), CompareOp::Equal, kv.value.clone())];
+            match held.remove(node_id) {
+                Some(ours) if ours == record => {}
+                Some(ours) => {
+                    if record.replica_id != me
+                        && record.connected_at_ms > ours.connected_at_ms
+                        && !dead(record.replica_id)
+                    {
+                        sessions.close(
+                            node_id,
+                            ours.session_id,
+                            Status::aborted(format!("the node has a newer stream on replica {}", record.replica_id)),
+                        );
+                    } else if now.saturating_sub(ours.connected_at_ms) > grace {
+                        ops.push(Op::guarded(unchanged(), vec![Op::put(key.clone(), ours.encode())]));
                     }
-                    // Not held here: left over from before a restart, or
-                    // written after the stream ended.
-                    None if record.replica_id == me && now_ms().saturating_sub(record.connected_at_ms) > grace => {
-                        ops.push(remove());
-                    }
-                    None if dead(record.replica_id) && leader_since.is_some() => ops.push(remove()),
-                    None => {}
                 }
-            }
-            if last_page {
-                break;
+                // Not held here: left over from before a restart, or
+                // written after the stream ended.
+                None if record.replica_id == me && now.saturating_sub(record.connected_at_ms) > grace => {
+                    ops.push(Op::guarded(unchanged(), vec![Op::delete(key.clone())]));
+                }
+                None if dead(record.replica_id) && leader_since.is_some() => {
+                    ops.push(Op::guarded(unchanged(), vec![Op::delete(key.clone())]));
+                }
+                None => {}
             }
         }
         // Held streams whose record is missing (swept, or never written).
         for (node_id, ours) in held {
             // A stream accepted in the last moments may still be in the writer's queue.
-            if now_ms().saturating_sub(ours.connected_at_ms) > grace {
+            if now.saturating_sub(ours.connected_at_ms) > grace {
                 let key = session_key(&node_id);
                 ops.push(Op::guarded(vec![Compare::missing(key.as_str())], vec![Op::put(key.as_str(), ours.encode())]));
             }

@@ -114,6 +114,18 @@ impl KvReader {
         Ok(out)
     }
 
+    /// Every key starting with `prefix` with its value, in byte order, read
+    /// lazily (a few keys at a time, however many there are).
+    pub fn scan_prefix(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, KeyValue), StoreError>> + '_ {
+        let prefix_name = data_key_name(prefix);
+        self.tree.scan_prefix(data_key(prefix)).map(move |item| {
+            let (k, v) = item.map_err(|e| StoreError::sled(Access::Read, prefix_name.clone(), e))?;
+            let key = k[1..].to_vec();
+            let kv = decode(&v, || data_key_name(&key))?;
+            Ok((key, kv))
+        })
+    }
+
     /// The store revision: the number of applied entries that changed data.
     pub fn revision(&self) -> Result<u64, StoreError> {
         Ok(read_meta(&self.tree, REVISION)?.unwrap_or(0))

@@ -20,9 +20,6 @@ use crate::api::release::{ReleaseRecord, RELEASES_PREFIX};
 use crate::fleet::policy::{support_status, SupportStatus};
 use crate::store::KvReader;
 
-/// Keys read from the store per range call.
-const SCAN_BATCH: usize = 1000;
-
 /// Flavor, flavor release, variant, arch, model, trusted boot.
 type FamilyKey = (String, String, String, String, String, bool);
 
@@ -43,23 +40,15 @@ impl Catalog {
     /// Reads every catalog record from `reader`.
     pub fn load(reader: &KvReader) -> Result<Catalog, Status> {
         let mut records = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = reader
-                .range(RELEASES_PREFIX.as_bytes(), after.as_deref(), SCAN_BATCH)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            for (key, kv) in &page {
-                match serde_json::from_slice::<ReleaseRecord>(&kv.value) {
-                    Ok(record) => records.push(record),
-                    // One bad record must not hide the fleet; it shows in ListReleases.
-                    Err(e) => tracing::warn!(key = %key.escape_ascii(), error = %e, "skipping a catalog record"),
-                }
+        for item in reader.scan_prefix(RELEASES_PREFIX.as_bytes()) {
+            let (key, kv) = item.map_err(|e| Status::internal(e.to_string()))?;
+            match serde_json::from_slice::<ReleaseRecord>(&kv.value) {
+                Ok(record) => records.push(record),
+                // One bad record must not hide the fleet; it shows in ListReleases.
+                Err(e) => tracing::warn!(key = %key.escape_ascii(), error = %e, "skipping a catalog record"),
             }
-            if page.len() < SCAN_BATCH {
-                return Ok(Catalog::from_records(&records));
-            }
-            after = page.last().map(|(key, _)| key.clone());
         }
+        Ok(Catalog::from_records(&records))
     }
 
     /// The catalog of these records.
