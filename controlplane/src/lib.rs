@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod cli_config;
 pub mod demo;
+pub mod engine;
 pub mod fleet;
 pub mod nodes;
 pub mod raft;

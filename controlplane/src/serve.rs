@@ -142,6 +142,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         bootstrap: file.bootstrap,
         raft: opts.raft,
         sessions: opts.sessions.clone(),
+        engine: Default::default(),
         node_ca,
     };
     tracing::info!(id = file.id, %listen, advertise = %file.listen, dir = %dir.display(), "starting replica");

@@ -456,6 +456,7 @@ async fn fleet_replica(setup: &Setup) -> (kairos_controlplane::replica::ReplicaH
             reconcile_every: Duration::from_secs(3600),
             ..Default::default()
         },
+        engine: Default::default(),
         node_ca: None,
     };
     let handle = kairos_controlplane::replica::Replica::start(config).await.expect("replica starts");

@@ -71,6 +71,18 @@ pub mod method {
     pub const ADD_RELEASE: &str = "/kairos.fleet.v1.ReleaseService/AddRelease";
     /// `NodeService/Enroll`.
     pub const ENROLL: &str = "/kairos.fleet.v1.NodeService/Enroll";
+    /// RolloutService.Create.
+    pub const CREATE_ROLLOUT: &str = "/kairos.fleet.v1.RolloutService/Create";
+    /// RolloutService.Pause.
+    pub const PAUSE_ROLLOUT: &str = "/kairos.fleet.v1.RolloutService/Pause";
+    /// RolloutService.Resume.
+    pub const RESUME_ROLLOUT: &str = "/kairos.fleet.v1.RolloutService/Resume";
+    /// RolloutService.Abort.
+    pub const ABORT_ROLLOUT: &str = "/kairos.fleet.v1.RolloutService/Abort";
+    /// RolloutService.Approve.
+    pub const APPROVE_WAVE: &str = "/kairos.fleet.v1.RolloutService/Approve";
+    /// RolloutService.Rollback.
+    pub const ROLLBACK_ROLLOUT: &str = "/kairos.fleet.v1.RolloutService/Rollback";
 }
 
 /// How an audited call ended.

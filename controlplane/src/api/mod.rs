@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod fleet;
 pub mod node;
 pub mod release;
+pub mod rollout;
 
 use tonic::metadata::MetadataValue;
 use tonic::Status;
@@ -29,6 +30,7 @@ pub use cluster::ClusterApi;
 pub use fleet::FleetApi;
 pub use node::NodeApi;
 pub use release::ReleaseApi;
+pub use rollout::RolloutApi;
 
 use crate::replica::{LeaderHint, ReadError, WriteError};
 

@@ -56,6 +56,36 @@ pub struct Rollout {
     finished_at: Option<Millis>,
 }
 
+/// A rollout taken apart, for storing it in pieces (the header, the wave
+/// lists and one record per node) and putting it back together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutParts {
+    /// The rollout id.
+    pub id: String,
+    /// The release it moves to.
+    pub target: Option<Target>,
+    /// The resolved strategy.
+    pub strategy: Strategy,
+    /// The phase.
+    pub phase: Phase,
+    /// Every wave, with its nodes in dispatch order.
+    pub waves: Vec<WaveState>,
+    /// Every node's entry.
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
+    /// The wave being worked on.
+    pub current_wave: usize,
+    /// Dispatch order of the reverts.
+    pub rollback_order: Vec<NodeId>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// When it started.
+    pub started_at: Option<Millis>,
+    /// Time of the last change.
+    pub updated_at: Millis,
+    /// When it finished.
+    pub finished_at: Option<Millis>,
+}
+
 /// The effects of one event, collected while it is applied.
 struct Cx {
     now: Millis,
@@ -178,6 +208,73 @@ impl Rollout {
         })
     }
 
+    /// Takes the rollout apart for storage.
+    pub fn into_parts(self) -> RolloutParts {
+        RolloutParts {
+            id: self.id,
+            target: self.target,
+            strategy: self.strategy,
+            phase: self.phase,
+            waves: self.waves,
+            nodes: self.nodes,
+            current_wave: self.current_wave,
+            rollback_order: self.rollback_order,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        }
+    }
+
+    /// Puts a stored rollout back together. Refuses parts that do not fit:
+    /// a wave naming a node without an entry, an entry whose wave does not
+    /// list it, or a current wave past the end.
+    pub fn from_parts(parts: RolloutParts) -> Result<Self, RolloutError> {
+        for (index, wave) in parts.waves.iter().enumerate() {
+            for id in &wave.nodes {
+                match parts.nodes.get(id) {
+                    Some(e) if e.wave == index => {}
+                    Some(_) => {
+                        return Err(RolloutError::InvalidNode {
+                            node: id.clone(),
+                            rule: "is listed in a wave other than the one its entry names",
+                        })
+                    }
+                    None => {
+                        return Err(RolloutError::InvalidNode {
+                            node: id.clone(),
+                            rule: "is listed in a wave but has no entry",
+                        })
+                    }
+                }
+            }
+        }
+        let listed: usize = parts.waves.iter().map(|w| w.nodes.len()).sum();
+        if listed != parts.nodes.len() {
+            let missing = parts.nodes.iter().find(|(id, e)| parts.waves.get(e.wave).is_none_or(|w| !w.nodes.contains(id)));
+            if let Some((id, _)) = missing {
+                return Err(RolloutError::InvalidNode { node: id.clone(), rule: "has an entry but no wave lists it" });
+            }
+        }
+        if parts.current_wave > parts.waves.len() {
+            return Err(RolloutError::InvalidStrategy { field: "current_wave", rule: "is past the last wave" });
+        }
+        Ok(Self {
+            id: parts.id,
+            target: parts.target,
+            strategy: parts.strategy,
+            phase: parts.phase,
+            waves: parts.waves,
+            nodes: parts.nodes,
+            current_wave: parts.current_wave,
+            rollback_order: parts.rollback_order,
+            created_at: parts.created_at,
+            started_at: parts.started_at,
+            updated_at: parts.updated_at,
+            finished_at: parts.finished_at,
+        })
+    }
+
     /// Records the release the rollout moves to (for display and audit).
     pub fn with_target(mut self, target: Target) -> Self {
         self.target = Some(target);
@@ -197,6 +294,11 @@ impl Rollout {
     /// The resolved strategy.
     pub fn strategy(&self) -> &Strategy {
         &self.strategy
+    }
+
+    /// The order reverts are sent in (empty until a rollback starts).
+    pub fn rollback_order(&self) -> &[NodeId] {
+        &self.rollback_order
     }
 
     /// The current phase.

@@ -28,9 +28,10 @@ pub use client::{Committed, LeaderHint, ReadError, ReplicaClient, WriteError};
 pub use server::{connection_limit, MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS};
 
 use crate::api::node::Enroller;
-use crate::api::{AdminApi, ClusterApi, FleetApi, NodeApi, ReleaseApi};
+use crate::api::{AdminApi, ClusterApi, FleetApi, NodeApi, ReleaseApi, RolloutApi};
 use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
 use crate::security::NodeIssuer;
+use crate::engine::{Engine, EngineSettings};
 use crate::sessions::{SessionSettings, Sessions};
 use crate::store::{Access, KvReader, NodeId, Raft, ReplicaNode, Request, Response, Store, StoreError};
 
@@ -47,6 +48,7 @@ const HEALTH_SERVICES: &[&str] = &[
     "kairos.fleet.v1.AdminService",
     "kairos.fleet.v1.NodeService",
     "kairos.fleet.v1.FleetService",
+    "kairos.fleet.v1.RolloutService",
 ];
 
 /// Log entries per AppendEntries RPC.
@@ -129,6 +131,8 @@ pub struct ReplicaConfig {
     pub raft: RaftTuning,
     /// Node session timing and batching.
     pub sessions: SessionSettings,
+    /// How the rollout engine paces itself.
+    pub engine: EngineSettings,
     /// This replica's node-issuing intermediate CA (`node-ca.pem`); without
     /// it the replica enrolls no node (Enroll answers FAILED_PRECONDITION).
     pub node_ca: Option<Arc<NodeIssuer>>,
@@ -229,6 +233,7 @@ impl Replica {
         let client = ReplicaClient::new(config.id, raft.clone(), reader, peers, retry_budget);
 
         let sessions = Sessions::start(client.clone(), config.sessions.clone());
+        let engine = Engine::start(client.clone(), config.engine.clone());
         // Tells long-lived streams (WatchNodes) to end when shutdown begins.
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -244,11 +249,15 @@ impl Replica {
                 NodeApi::new(Enroller::new(client.clone(), config.node_ca.clone()), sessions.clone()).into_server(),
             )
             .add_service(
-                FleetApi::new(client.clone()).with_sessions(sessions.clone()).with_shutdown(stopping_rx).into_server(),
-            );
+                FleetApi::new(client.clone())
+                    .with_sessions(sessions.clone())
+                    .with_shutdown(stopping_rx.clone())
+                    .into_server(),
+            )
+            .add_service(RolloutApi::new(client.clone()).with_shutdown(stopping_rx).into_server());
         let server = server::ServerTask::spawn(router, listener);
         let handle =
-            ReplicaHandle { client, sessions, server, health, stopping, local_addr, data_dir: config.data_dir };
+            ReplicaHandle { client, sessions, engine, server, health, stopping, local_addr, data_dir: config.data_dir };
 
         if config.bootstrap {
             if let Err(e) = bootstrap(&raft, config.id, &config.advertise).await {
@@ -289,6 +298,7 @@ async fn set_health(health: &HealthReporter, status: tonic_health::ServingStatus
 pub struct ReplicaHandle {
     client: ReplicaClient,
     sessions: Sessions,
+    engine: Engine,
     server: server::ServerTask,
     health: HealthReporter,
     stopping: tokio::sync::watch::Sender<bool>,
@@ -337,18 +347,19 @@ impl ReplicaHandle {
     /// call returns once sled has flushed and released the data dir (so the
     /// same dir can be reopened at once, in this process or another).
     pub async fn shutdown(self) -> Result<(), ReplicaError> {
-        let ReplicaHandle { client, sessions, server, health, stopping, local_addr, data_dir } = self;
+        let ReplicaHandle { client, sessions, engine, server, health, stopping, local_addr, data_dir } = self;
         let started = Instant::now();
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
         // Streams end now rather than hold the port open for the grace period.
         stopping.send_replace(true);
         sessions.stop();
+        engine.stop();
         let served = server.stop(SHUTDOWN_GRACE).await;
         let raft = client.raft().clone();
         let stopped = raft.shutdown().await.map_err(ReplicaError::from);
         // Our reader and raft handles keep sled open; openraft's tasks drop
         // theirs as they finish.
-        drop((client, raft, sessions));
+        drop((client, raft, sessions, engine));
         wait_store_released(&data_dir).await?;
         tracing::info!(%local_addr, elapsed = ?started.elapsed(), "replica stopped");
         served?;

@@ -122,6 +122,7 @@ impl Slot {
             bootstrap,
             raft,
             sessions,
+            engine: Default::default(),
             node_ca: None,
         };
         match Replica::start(config).await {

@@ -78,6 +78,7 @@ impl Fleet {
             bootstrap: true,
             raft: tuning(),
             sessions: SessionSettings::with_heartbeat(Duration::from_millis(500)),
+            engine: Default::default(),
             node_ca: Some(Arc::clone(&issuer)),
         };
         let handle = Replica::start(config).await.expect("replica starts");

@@ -743,3 +743,18 @@ fn retried_node_of_a_finished_wave_joins_the_next_wave() {
     assert_eq!(commanded(&acts), ["c", "a"]);
     assert_eq!(h.r.counts_for_wave(0), WaveCounts { total: 1, healthy: 1, ..WaveCounts::default() });
 }
+
+#[test]
+fn a_rollout_taken_apart_and_put_back_together_is_the_same() {
+    let mut h = Harness::new(strategy(), &[&["a"], &["b", "c"]]);
+    h.r.apply(Event::Start { now: T0 }).unwrap();
+    let again = Rollout::from_parts(h.r.clone().into_parts()).unwrap();
+    assert_eq!(again, h.r);
+
+    let mut broken = h.r.clone().into_parts();
+    broken.waves[1].nodes.push(id("ghost"));
+    assert!(matches!(Rollout::from_parts(broken), Err(RolloutError::InvalidNode { node, .. }) if node == id("ghost")));
+    let mut unlisted = h.r.clone().into_parts();
+    unlisted.waves[1].nodes.retain(|n| n != &id("c"));
+    assert!(matches!(Rollout::from_parts(unlisted), Err(RolloutError::InvalidNode { node, .. }) if node == id("c")));
+}

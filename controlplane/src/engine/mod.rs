@@ -1,0 +1,320 @@
+//! The rollout engine: on the leader only, it drives every active rollout
+//! by reading replicated state and proposing the next step.
+//!
+//! It is level-triggered. It follows the change feed only to learn *which*
+//! nodes and rollouts to look at; what it does is decided from the state
+//! they are in (the node's record and session, the rollout's stored state)
+//! through the pure state machine in [`crate::fleet::rollout`]. Each step
+//! is one guarded transaction ([`transition`]), so a new leader loads the
+//! stored rollouts and carries on where they stand: nothing is held only in
+//! memory, and a step the old leader did not commit is simply taken again.
+//!
+//! Operator calls (pause, resume, abort, approve, rollback) run the same
+//! transitions on whichever replica takes them; the engine sees the header
+//! change and reloads the rollout.
+
+pub mod observe;
+pub mod records;
+pub mod transition;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::task::JoinHandle;
+
+use self::records::{Loaded, RecordError};
+use self::transition::Pending;
+use crate::fleet::model::NodeId;
+use crate::fleet::rollout::{Event, Phase};
+use crate::fleet::strategy::Millis;
+use crate::nodes::{node_id_of_key, read_node, read_session, NODES_PREFIX, SESSIONS_PREFIX};
+use crate::replica::{ReadError, ReplicaClient, WriteError};
+use crate::store::{Applied, Request};
+
+/// Shortest sleep between steps when a timer is due.
+const MIN_SLEEP: Duration = Duration::from_millis(50);
+
+/// How the engine paces itself.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// After a change arrives, wait this long for more before stepping, so
+    /// a burst of node reports becomes one write.
+    pub batch_window: Duration,
+    /// Look at every node of every active rollout this often, whatever the
+    /// change feed said.
+    pub rescan_every: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings { batch_window: Duration::from_millis(20), rescan_every: Duration::from_secs(10) }
+    }
+}
+
+/// The running engine of one replica.
+pub struct Engine {
+    task: JoinHandle<()>,
+}
+
+impl Engine {
+    /// Starts the engine; it acts only while this replica leads.
+    pub fn start(client: ReplicaClient, settings: EngineSettings) -> Engine {
+        Engine { task: tokio::spawn(run(client, Arc::new(settings))) }
+    }
+
+    /// Stops it (a step in the middle of its write is abandoned; the next
+    /// leader takes it again).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why the engine stopped leading for a while.
+#[derive(Debug, thiserror::Error)]
+enum EngineError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn run(client: ReplicaClient, settings: Arc<EngineSettings>) {
+    let mut metrics = client.raft().metrics();
+    loop {
+        while !client.is_leader() {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+        let term = metrics.borrow().current_term;
+        tracing::info!(term, "rollout engine leading");
+        if let Err(e) = lead(&client, &settings, term).await {
+            tracing::warn!(error = %e, "rollout engine paused; it starts over from the stored state");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn still_leading(client: &ReplicaClient, term: u64) -> bool {
+    client.is_leader() && client.raft().metrics().borrow().current_term == term
+}
+
+/// The rollouts this leader drives.
+#[derive(Default)]
+struct Driver {
+    rollouts: BTreeMap<String, Loaded>,
+    /// Which active rollout each node is in.
+    index: BTreeMap<NodeId, String>,
+    /// Nodes to look at in the next step, per rollout.
+    dirty: BTreeMap<String, BTreeSet<NodeId>>,
+}
+
+impl Driver {
+    fn reload_all(&mut self, client: &ReplicaClient) -> Result<(), RecordError> {
+        self.rollouts.clear();
+        self.index.clear();
+        self.dirty.clear();
+        for id in records::active_ids(client.reader())? {
+            self.reload(client, &id)?;
+        }
+        Ok(())
+    }
+
+    /// (Re)reads one rollout; every node of it is looked at next step.
+    fn reload(&mut self, client: &ReplicaClient, id: &str) -> Result<(), RecordError> {
+        self.index.retain(|_, r| r != id);
+        self.dirty.remove(id);
+        self.rollouts.remove(id);
+        let Some(loaded) = records::load(client.reader(), id)? else { return Ok(()) };
+        if loaded.rollout.is_terminal() {
+            return Ok(());
+        }
+        let nodes: BTreeSet<NodeId> = loaded.rollout.nodes().map(|(n, _)| n.clone()).collect();
+        for n in &nodes {
+            self.index.insert(n.clone(), id.to_string());
+        }
+        self.dirty.insert(id.to_string(), nodes);
+        self.rollouts.insert(id.to_string(), loaded);
+        Ok(())
+    }
+
+    fn mark_all(&mut self) {
+        for (id, loaded) in &self.rollouts {
+            self.dirty.insert(id.clone(), loaded.rollout.nodes().map(|(n, _)| n.clone()).collect());
+        }
+    }
+
+    /// Notes what an applied batch touched.
+    fn note(&mut self, client: &ReplicaClient, applied: &Applied) -> Result<(), RecordError> {
+        let changes = match applied {
+            Applied::Changes { changes, .. } => changes,
+            Applied::Reset { .. } => return self.reload_all(client),
+        };
+        let mut reload = BTreeSet::new();
+        for change in changes {
+            if let Some(id) = records::parse_header_key(&change.key) {
+                let ours = match (&change.kv, self.rollouts.get(id)) {
+                    (Some(kv), Some(loaded)) => kv.mod_revision == loaded.header_revision,
+                    _ => false,
+                };
+                if !ours {
+                    reload.insert(id.to_string());
+                }
+                continue;
+            }
+            let Some((prefix, node)) = node_id_of_key(&change.key) else { continue };
+            if prefix != NODES_PREFIX && prefix != SESSIONS_PREFIX {
+                continue;
+            }
+            let node = NodeId::new(node);
+            if let Some(rollout) = self.index.get(&node) {
+                self.dirty.entry(rollout.clone()).or_default().insert(node);
+            }
+        }
+        for id in reload {
+            self.reload(client, &id)?;
+        }
+        Ok(())
+    }
+
+    /// When the earliest rollout timer is due.
+    fn next_wakeup(&self) -> Option<Millis> {
+        self.rollouts.values().filter_map(|l| l.rollout.next_wakeup()).min()
+    }
+
+    /// One step of every rollout that has something to look at or a timer due.
+    async fn step(&mut self, client: &ReplicaClient) -> Result<(), EngineError> {
+        let now = now_ms();
+        let ids: Vec<String> = self.rollouts.keys().cloned().collect();
+        for id in ids {
+            let dirty = self.dirty.remove(&id).unwrap_or_default();
+            let due = self.rollouts.get(&id).is_some_and(|l| {
+                l.rollout.next_wakeup().is_some_and(|t| t <= now) || l.rollout.phase() == &Phase::Pending
+            });
+            if dirty.is_empty() && !due {
+                continue;
+            }
+            let Some(loaded) = self.rollouts.get_mut(&id) else { continue };
+            let mut pending = Pending::default();
+            if loaded.rollout.phase() == &Phase::Pending {
+                if let Err(e) = transition::apply(loaded, Event::Start { now }, &mut pending) {
+                    tracing::warn!(rollout = %id, error = %e, "starting a rollout");
+                }
+            }
+            let reader = client.reader();
+            for node in &dirty {
+                let record = read_node(reader, node.as_str()).map_err(node_error)?.map(|s| s.record);
+                let online = read_session(reader, node.as_str()).map_err(node_error)?.is_some();
+                let meta = loaded.meta.entry(node.clone()).or_default();
+                let events = observe::observe(&loaded.rollout, node, meta, record.as_ref(), online, now);
+                for event in events {
+                    if let Err(e) = transition::apply(loaded, event, &mut pending) {
+                        tracing::debug!(rollout = %id, node = %node, error = %e, "node event refused");
+                    }
+                }
+            }
+            if let Err(e) = transition::apply(loaded, Event::Tick { now }, &mut pending) {
+                tracing::debug!(rollout = %id, error = %e, "tick refused");
+            }
+            let Some(staged) = transition::stage(loaded, pending, reader, now)? else { continue };
+            let ops = staged.ops.len();
+            let committed = client.write_entry(Request::txn(staged.compares, staged.ops, Vec::new())).await?;
+            if committed.response.succeeded {
+                let terminal = loaded.rollout.is_terminal();
+                loaded.mark_stored(staged.header, staged.waves, staged.changed, committed.response.revision);
+                tracing::debug!(rollout = %id, ops, revision = committed.response.revision, "rollout step committed");
+                if terminal {
+                    self.reload(client, &id)?;
+                }
+            } else {
+                // Someone else changed the rollout (an operator's call) or a
+                // node's desired state: read it again and decide afresh.
+                client.wait_applied(committed.log_index, Duration::from_secs(5)).await?;
+                tracing::debug!(rollout = %id, "rollout changed under the engine; reloading");
+                self.reload(client, &id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn node_error(e: crate::nodes::ReadNodeError) -> EngineError {
+    match e {
+        crate::nodes::ReadNodeError::Store(e) => EngineError::Record(RecordError::Store(e)),
+        crate::nodes::ReadNodeError::Record(e) => {
+            EngineError::Record(RecordError::Corrupt { key: String::new(), detail: e.to_string() })
+        }
+    }
+}
+
+async fn lead(client: &ReplicaClient, settings: &EngineSettings, term: u64) -> Result<(), EngineError> {
+    // Everything committed before this replica led must be applied here
+    // before it reads: that is the state the last leader left.
+    let index = client.read_linearizable().await?;
+    client.wait_applied(index, Duration::from_secs(10)).await?;
+    let mut feed = client.reader().feed().subscribe();
+    let mut driver = Driver::default();
+    driver.reload_all(client)?;
+    let mut metrics = client.raft().metrics();
+    let mut next_rescan = tokio::time::Instant::now() + settings.rescan_every;
+    loop {
+        if !still_leading(client, term) {
+            tracing::info!(term, "rollout engine no longer leading");
+            return Ok(());
+        }
+        driver.step(client).await?;
+        let wake = driver
+            .next_wakeup()
+            .map(|t| {
+                let wait = Duration::from_millis(t.saturating_sub(now_ms()));
+                tokio::time::Instant::now() + wait
+            })
+            .map_or(next_rescan, |t| t.min(next_rescan))
+            // A timer that is already due but changed nothing must not spin.
+            .max(tokio::time::Instant::now() + MIN_SLEEP);
+        tokio::select! {
+            received = feed.recv() => {
+                match received {
+                    Ok(applied) => driver.note(client, &applied)?,
+                    Err(RecvError::Lagged(_)) => driver.reload_all(client)?,
+                    Err(RecvError::Closed) => return Ok(()),
+                }
+                // Gather the rest of the burst into the same step.
+                tokio::time::sleep(settings.batch_window).await;
+                loop {
+                    match feed.try_recv() {
+                        Ok(applied) => driver.note(client, &applied)?,
+                        Err(TryRecvError::Lagged(_)) => driver.reload_all(client)?,
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= next_rescan {
+                    driver.mark_all();
+                    next_rescan = tokio::time::Instant::now() + settings.rescan_every;
+                }
+            }
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
