@@ -125,7 +125,8 @@ impl RolloutApi {
     /// caught up with the leader.
     async fn read_back(&self, id: &str) -> Result<pb::Rollout, Status> {
         self.client.read_linearizable().await.map_err(read_status)?;
-        let (header, revision) = records::read_header(self.reader(), id).map_err(record_status)?.ok_or_else(|| not_found(id))?;
+        let (header, revision) =
+            records::read_header(self.reader(), id).map_err(record_status)?.ok_or_else(|| not_found(id))?;
         Ok(rollout_to_pb(&header, revision))
     }
 
@@ -221,7 +222,12 @@ fn create_step(
         let key = records::request_key(request_id);
         if let Some(kv) = reader.get(key.as_bytes()).map_err(|e| Status::internal(e.to_string()))? {
             let id = String::from_utf8_lossy(&kv.value).into_owned();
-            return Ok(AuditPlanned { compares: Vec::new(), ops: Vec::new(), target: format!("rollout/{id}"), value: Created::Existing(id) });
+            return Ok(AuditPlanned {
+                compares: Vec::new(),
+                ops: Vec::new(),
+                target: format!("rollout/{id}"),
+                value: Created::Existing(id),
+            });
         }
     }
     let (n, sequence_revision) = sequence(reader)?;
@@ -229,7 +235,8 @@ fn create_step(
     let busy = records::active_nodes(reader).map_err(record_status)?;
     let planned = plan::plan(reader, spec, &id, &busy)?;
     if planned.assignments.is_empty() {
-        let first: Vec<String> = planned.refused.iter().take(3).map(|r| format!("{} ({})", r.message, r.way_out)).collect();
+        let first: Vec<String> =
+            planned.refused.iter().take(3).map(|r| format!("{} ({})", r.message, r.way_out)).collect();
         return Err(Status::failed_precondition(format!(
             "no selected node can move to v{}: {} selected, {} refused, {} already there{}{}",
             planned.target.release,
@@ -286,7 +293,10 @@ fn create_step(
 impl RolloutService for RolloutApi {
     type WatchStream = watch::EventStream;
 
-    async fn plan(&self, request: Request<pb::PlanRolloutRequest>) -> Result<Response<pb::PlanRolloutResponse>, Status> {
+    async fn plan(
+        &self,
+        request: Request<pb::PlanRolloutRequest>,
+    ) -> Result<Response<pb::PlanRolloutResponse>, Status> {
         authorize(self.reader(), &request, Role::Viewer)?;
         let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("spec: is required"))?;
         let reader = self.reader().clone();
@@ -332,9 +342,10 @@ impl RolloutService for RolloutApi {
         let call = call.about("rollout", summary_of(&spec));
         let entry = call.entry(Outcome::Succeeded, None, self.client.id());
         let created_by = caller.name();
-        let created =
-            audit::commit_with_entry(&self.client, entry, |reader| create_step(reader, &spec, &request_id, &created_by))
-                .await;
+        let created = audit::commit_with_entry(&self.client, entry, |reader| {
+            create_step(reader, &spec, &request_id, &created_by)
+        })
+        .await;
         let (id, refused) = match created {
             Ok(Created::New(id, refused)) => (id, refused),
             Ok(Created::Existing(id)) => (id, Vec::new()),
@@ -369,10 +380,17 @@ impl RolloutService for RolloutApi {
                 }
             }
         }
-        Ok(Response::new(pb::GetRolloutResponse { rollout: Some(rollout_to_pb(&header, revision)), nodes, meta: Some(meta) }))
+        Ok(Response::new(pb::GetRolloutResponse {
+            rollout: Some(rollout_to_pb(&header, revision)),
+            nodes,
+            meta: Some(meta),
+        }))
     }
 
-    async fn list(&self, request: Request<pb::ListRolloutsRequest>) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         authorize(self.reader(), &request, Role::Viewer)?;
         let linearizable = Self::linearizable(&request, request.get_ref().consistency)?;
         let req = request.into_inner();
@@ -398,16 +416,17 @@ impl RolloutService for RolloutApi {
         let start = if req.page_token.is_empty() {
             0
         } else {
-            headers
-                .iter()
-                .position(|(h, _)| h.id == req.page_token)
-                .map(|i| i + 1)
-                .ok_or_else(|| Status::invalid_argument("page_token: not a token of this list; start from the first page"))?
+            headers.iter().position(|(h, _)| h.id == req.page_token).map(|i| i + 1).ok_or_else(|| {
+                Status::invalid_argument("page_token: not a token of this list; start from the first page")
+            })?
         };
         let rest = headers.get(start..).unwrap_or_default();
         let rollouts: Vec<pb::Rollout> = rest.iter().take(page).map(|(h, r)| rollout_to_pb(h, *r)).collect();
-        let next_page_token =
-            if rest.len() > page { rollouts.last().map(|r| r.rollout_id.clone()).unwrap_or_default() } else { String::new() };
+        let next_page_token = if rest.len() > page {
+            rollouts.last().map(|r| r.rollout_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListRolloutsResponse { rollouts, next_page_token, meta: Some(meta) }))
     }
 
@@ -429,11 +448,15 @@ impl RolloutService for RolloutApi {
         Ok(Response::new(stream))
     }
 
-    async fn pause(&self, request: Request<pb::PauseRolloutRequest>) -> Result<Response<pb::PauseRolloutResponse>, Status> {
+    async fn pause(
+        &self,
+        request: Request<pb::PauseRolloutRequest>,
+    ) -> Result<Response<pb::PauseRolloutResponse>, Status> {
         let req = request.get_ref().clone();
         check_id(&req.rollout_id)?;
         check_text("reason", &req.reason)?;
-        let reason = if req.reason.trim().is_empty() { "paused by an operator".to_string() } else { req.reason.clone() };
+        let reason =
+            if req.reason.trim().is_empty() { "paused by an operator".to_string() } else { req.reason.clone() };
         let steer = move |loaded: &mut Loaded, now| {
             loaded.header.paused_by_operator = true;
             Ok(vec![Event::Pause { reason: reason.clone(), now }])
@@ -456,7 +479,8 @@ impl RolloutService for RolloutApi {
         }
         let (accept, retry) = (req.accept_failures, req.retry_failed);
         let steer = move |loaded: &mut Loaded, now| {
-            let threshold_pause = matches!(loaded.rollout.phase(), Phase::Paused { .. }) && !loaded.header.paused_by_operator;
+            let threshold_pause =
+                matches!(loaded.rollout.phase(), Phase::Paused { .. }) && !loaded.header.paused_by_operator;
             if threshold_pause && !accept && !retry {
                 let reason = match loaded.rollout.phase() {
                     Phase::Paused { reason } => reason.clone(),
@@ -475,18 +499,25 @@ impl RolloutService for RolloutApi {
         Ok(Response::new(pb::ResumeRolloutResponse { rollout: Some(rollout) }))
     }
 
-    async fn abort(&self, request: Request<pb::AbortRolloutRequest>) -> Result<Response<pb::AbortRolloutResponse>, Status> {
+    async fn abort(
+        &self,
+        request: Request<pb::AbortRolloutRequest>,
+    ) -> Result<Response<pb::AbortRolloutResponse>, Status> {
         let req = request.get_ref().clone();
         check_id(&req.rollout_id)?;
         check_text("reason", &req.reason)?;
-        let reason = if req.reason.trim().is_empty() { "aborted by an operator".to_string() } else { req.reason.clone() };
+        let reason =
+            if req.reason.trim().is_empty() { "aborted by an operator".to_string() } else { req.reason.clone() };
         let steer = move |_: &mut Loaded, now| Ok(vec![Event::Abort { reason: reason.clone(), now }]);
         let summary = format!("reason={}", req.reason);
         let rollout = self.steer(&request, method::ABORT_ROLLOUT, &req.rollout_id, summary, &steer).await?;
         Ok(Response::new(pb::AbortRolloutResponse { rollout: Some(rollout) }))
     }
 
-    async fn approve(&self, request: Request<pb::ApproveWaveRequest>) -> Result<Response<pb::ApproveWaveResponse>, Status> {
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveWaveRequest>,
+    ) -> Result<Response<pb::ApproveWaveResponse>, Status> {
         let req = request.get_ref().clone();
         check_id(&req.rollout_id)?;
         check_text("comment", &req.comment)?;

@@ -280,7 +280,9 @@ pub fn load(reader: &KvReader, id: &str) -> Result<Option<Loaded>, RecordError> 
         let nodes = read_nodes(reader, id)?;
         // A write in between changes the header: read again.
         match read_header(reader, id)? {
-            Some((_, again)) if again == header_revision => return assemble(header, header_revision, waves, nodes).map(Some),
+            Some((_, again)) if again == header_revision => {
+                return assemble(header, header_revision, waves, nodes).map(Some)
+            }
             Some(_) => continue,
             None => return Ok(None),
         }
@@ -331,14 +333,7 @@ fn assemble(
 impl Loaded {
     /// A rollout not stored yet (header revision 0 = must not exist).
     pub fn new(header: Header, rollout: Rollout, meta: BTreeMap<NodeId, NodeMeta>) -> Loaded {
-        Loaded {
-            header,
-            header_revision: 0,
-            rollout,
-            meta,
-            stored_nodes: BTreeMap::new(),
-            stored_waves: None,
-        }
+        Loaded { header, header_revision: 0, rollout, meta, stored_nodes: BTreeMap::new(), stored_waves: None }
     }
 
     /// The rollout id.

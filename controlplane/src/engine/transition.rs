@@ -71,7 +71,12 @@ struct DesiredChange {
 /// Turns what the step decided into writes. Returns None when nothing
 /// changed. `now` stamps deadlines; the state machine's times come from
 /// its events.
-pub fn stage(loaded: &mut Loaded, pending: Pending, reader: &KvReader, now: Millis) -> Result<Option<Staged>, RecordError> {
+pub fn stage(
+    loaded: &mut Loaded,
+    pending: Pending,
+    reader: &KvReader,
+    now: Millis,
+) -> Result<Option<Staged>, RecordError> {
     let id = loaded.id().to_string();
     let mut messages = Vec::new();
     let mut desired: BTreeMap<NodeId, DesiredChange> = BTreeMap::new();
@@ -173,14 +178,12 @@ fn change_for<'a>(
             ReadNodeError::Record(e) => RecordError::Corrupt { key: desired_key(node.as_str()), detail: e.to_string() },
         })?;
         let change = match stored {
-            Some((value, revision)) => {
-                DesiredChange {
-                    base_revision: revision,
-                    generation: value.generation,
-                    original: Some(value.clone()),
-                    value: Some(value),
-                }
-            }
+            Some((value, revision)) => DesiredChange {
+                base_revision: revision,
+                generation: value.generation,
+                original: Some(value.clone()),
+                value: Some(value),
+            },
             None => DesiredChange { base_revision: 0, generation: 0, original: None, value: None },
         };
         desired.insert(node.clone(), change);

@@ -251,7 +251,8 @@ impl Rollout {
         }
         let listed: usize = parts.waves.iter().map(|w| w.nodes.len()).sum();
         if listed != parts.nodes.len() {
-            let missing = parts.nodes.iter().find(|(id, e)| parts.waves.get(e.wave).is_none_or(|w| !w.nodes.contains(id)));
+            let missing =
+                parts.nodes.iter().find(|(id, e)| parts.waves.get(e.wave).is_none_or(|w| !w.nodes.contains(id)));
             if let Some((id, _)) = missing {
                 return Err(RolloutError::InvalidNode { node: id.clone(), rule: "has an entry but no wave lists it" });
             }

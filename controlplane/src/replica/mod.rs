@@ -29,9 +29,9 @@ pub use server::{connection_limit, MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STRE
 
 use crate::api::node::Enroller;
 use crate::api::{AdminApi, ClusterApi, FleetApi, NodeApi, ReleaseApi, RolloutApi};
+use crate::engine::{Engine, EngineSettings};
 use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
 use crate::security::NodeIssuer;
-use crate::engine::{Engine, EngineSettings};
 use crate::sessions::{SessionSettings, Sessions};
 use crate::store::{Access, KvReader, NodeId, Raft, ReplicaNode, Request, Response, Store, StoreError};
 

@@ -12,6 +12,7 @@ mod enroll;
 mod errors;
 mod fleet;
 mod fleet_watch;
+mod rollouts;
 mod sessions;
 mod snapshot;
 mod three_replicas;

@@ -125,7 +125,13 @@ pub fn rollout_to_pb(h: &Header, revision: u64) -> pb::Rollout {
         finished_at: h.finished_at.and_then(timestamp_ms),
         refused_nodes: h.refused,
     };
-    pb::Rollout { rollout_id: h.id.clone(), spec: Some(spec), status: Some(status), created_by: h.created_by.clone(), revision }
+    pb::Rollout {
+        rollout_id: h.id.clone(),
+        spec: Some(spec),
+        status: Some(status),
+        created_by: h.created_by.clone(),
+        revision,
+    }
 }
 
 /// One node of a rollout as the API shows it.

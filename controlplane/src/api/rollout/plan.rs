@@ -22,7 +22,7 @@ use crate::fleet::strategy::{
     format_duration, FailureThreshold, Millis, OnFailure, Strategy, WaveSpec, HOUR, WAVE_LABEL,
 };
 use crate::fleet::window::MaintenanceWindow;
-use crate::nodes::{decode_node, facts, family_to_pb, image_ref_of, identity_from_pb, NODES_PREFIX, SESSIONS_PREFIX};
+use crate::nodes::{decode_node, facts, family_to_pb, identity_from_pb, image_ref_of, NODES_PREFIX, SESSIONS_PREFIX};
 use crate::store::KvReader;
 
 const SECOND: Millis = 1000;
@@ -46,7 +46,8 @@ pub struct PlanCatalog {
 impl PlanCatalog {
     /// Reads every catalog record.
     pub fn load(reader: &KvReader) -> Result<PlanCatalog, Status> {
-        let mut catalog = PlanCatalog { policy: ReleaseCatalog::new(), images: HashMap::new(), releases: HashSet::new() };
+        let mut catalog =
+            PlanCatalog { policy: ReleaseCatalog::new(), images: HashMap::new(), releases: HashSet::new() };
         for item in reader.scan_prefix(RELEASES_PREFIX.as_bytes()) {
             let (key, kv) = item.map_err(|e| Status::internal(e.to_string()))?;
             let record: ReleaseRecord = match serde_json::from_slice(&kv.value) {
@@ -70,7 +71,12 @@ impl PlanCatalog {
         Ok(catalog)
     }
 
-    fn image(&self, family: &ImageFamily, release: &Version, software: Option<&SoftwareVersion>) -> Option<&(String, String)> {
+    fn image(
+        &self,
+        family: &ImageFamily,
+        release: &Version,
+        software: Option<&SoftwareVersion>,
+    ) -> Option<&(String, String)> {
         self.images.get(&(family.clone(), release.clone(), software.map(|s| s.upstream())))
     }
 }
@@ -125,11 +131,17 @@ fn duration_ms(field: &str, d: &prost_types::Duration, min: Millis, max: Millis)
     if d.seconds < 0 || d.nanos < 0 {
         return Err(invalid(field, "must not be negative"));
     }
-    let ms = u64::try_from(d.seconds).unwrap_or(0).saturating_mul(1000) + u64::try_from(d.nanos / 1_000_000).unwrap_or(0);
+    let ms =
+        u64::try_from(d.seconds).unwrap_or(0).saturating_mul(1000) + u64::try_from(d.nanos / 1_000_000).unwrap_or(0);
     if ms < min || ms > max {
         return Err(invalid(
             field,
-            format!("must be between {} and {}, got {}", format_duration(min), format_duration(max), format_duration(ms)),
+            format!(
+                "must be between {} and {}, got {}",
+                format_duration(min),
+                format_duration(max),
+                format_duration(ms)
+            ),
         ));
     }
     Ok(ms)
@@ -146,7 +158,10 @@ pub fn target_of(spec: &pb::RolloutSpec) -> Result<Target, Status> {
     let software = match spec.target_software_version.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(s) => Some(SoftwareVersion::parse(s, Some(K8sDistro::K3s)).map_err(|e| {
-            invalid("spec.target_software_version", format!("{s:?} is not a Kubernetes version such as v1.27.6+k3s1: {e}"))
+            invalid(
+                "spec.target_software_version",
+                format!("{s:?} is not a Kubernetes version such as v1.27.6+k3s1: {e}"),
+            )
         })?),
     };
     Ok(Target { release, software })
@@ -355,17 +370,17 @@ pub fn plan(
         }
         out.selected += 1;
         let current_release = crate::api::fleet::filter::release(&record).to_string();
-        let current_software =
-            record.identity.as_ref().map(|i| i.software_version.clone()).unwrap_or_default();
-        let refusal = |rule: pb::RefusalRule, message: String, way_out: String, class: pb::ChangeClass| pb::NodeRefusal {
-            node_id: record.node_id.clone(),
-            rule: rule as i32,
-            message,
-            way_out,
-            change_class: class as i32,
-            current_release: current_release.clone(),
-            current_software_version: current_software.clone(),
-        };
+        let current_software = record.identity.as_ref().map(|i| i.software_version.clone()).unwrap_or_default();
+        let refusal =
+            |rule: pb::RefusalRule, message: String, way_out: String, class: pb::ChangeClass| pb::NodeRefusal {
+                node_id: record.node_id.clone(),
+                rule: rule as i32,
+                message,
+                way_out,
+                change_class: class as i32,
+                current_release: current_release.clone(),
+                current_software_version: current_software.clone(),
+            };
         let id = NodeId::new(record.node_id.clone());
         if let Some(other) = busy.get(&id) {
             out.refused.push(refusal(
