@@ -4,6 +4,9 @@
 //! against them.
 #![deny(missing_docs)]
 
+pub mod history;
+pub mod sim;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

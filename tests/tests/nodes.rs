@@ -3,9 +3,10 @@
 //! SIGKILLed under their node streams, and heartbeats that never reach raft.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kairos_fleet_tests::sim::{ca_file, enroll_token, server, spawn_logged, Simulator};
 use kairos_fleet_tests::{binary, ok_stdout, wait_for, Cluster};
 use serde_json::Value;
 
@@ -14,23 +15,6 @@ const HEARTBEAT_MS: &str = "1000";
 
 fn start_all(cluster: &mut Cluster) {
     cluster.form(&["--node-heartbeat-ms", HEARTBEAT_MS]);
-}
-
-fn enroll_token(cluster: &Cluster, uses: u32) -> String {
-    let out = ok_stdout(
-        &cluster.ctl(&["enroll-tokens", "create", "--uses", &uses.to_string(), "--label", "site=lab", "-o", "json"]),
-        "enroll-tokens create",
-    );
-    let created: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    created["secret"].as_str().unwrap_or_else(|| panic!("no secret in {out}")).to_string()
-}
-
-fn ca_file(cluster: &Cluster) -> PathBuf {
-    cluster.dir.path().join("ca.pem")
-}
-
-fn server(cluster: &Cluster, id: u64) -> String {
-    format!("https://{}", cluster.addresses[&id])
 }
 
 /// A node's root filesystem: release file, machine id, kernel command line.
@@ -60,12 +44,6 @@ fn node_client(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("running kairos-node-client {args:?}: {e}"))
 }
 
-fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
-    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-    let err = out.try_clone().expect("clone log handle");
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
-}
-
 /// Every node kairosctl lists, as JSON.
 fn list_nodes(cluster: &Cluster) -> Option<Vec<Value>> {
     let out = cluster.ctl(&["nodes", "list", "--all", "-o", "json"]);
@@ -88,47 +66,6 @@ fn commit_index(cluster: &Cluster) -> u64 {
     let out = ok_stdout(&cluster.ctl(&["cluster", "status", "-o", "json"]), "cluster status");
     let status: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     status["commit_index"].as_u64().unwrap_or_else(|| panic!("no commit_index in {out}"))
-}
-
-struct Simulator {
-    child: Child,
-    report: PathBuf,
-    log: PathBuf,
-}
-
-impl Simulator {
-    fn start(cluster: &Cluster, servers: &[u64], count: usize, duration: &str) -> Simulator {
-        let token = enroll_token(cluster, count as u32);
-        let report = cluster.dir.path().join("simulate.json");
-        let log = cluster.dir.path().join("simulate.log");
-        let servers: Vec<String> = servers.iter().map(|id| server(cluster, *id)).collect();
-        let mut cmd = Command::new(binary("kairos-node-client"));
-        cmd.args(["simulate", "--count", &count.to_string(), "--duration", duration, "--server", &servers.join(",")])
-            .arg("--ca-file")
-            .arg(ca_file(cluster))
-            .arg("--report")
-            .arg(&report)
-            .env("KAIROS_FLEET_TOKEN", token);
-        Simulator { child: spawn_logged(cmd, &log), report, log }
-    }
-
-    /// Stops the simulator (SIGTERM: it writes its report) and reads the report.
-    fn report(mut self) -> Value {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let status = self.child.wait().expect("simulate exits");
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        assert!(status.success(), "simulate failed ({status}):\n{log}");
-        let text = std::fs::read_to_string(&self.report).unwrap_or_else(|e| panic!("report: {e}\n{log}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("report: {e}: {text}"))
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -257,19 +257,20 @@ async fn a_patch_rollout_runs_wave_by_wave_with_a_canary_per_family_first() {
     let totals = done.rollout.and_then(|r| r.status).and_then(|s| s.totals).expect("totals");
     assert_eq!(totals.healthy, count as u32, "{totals:?}");
 
-    let log = fleet.log.lock().unwrap();
-    assert_eq!(log.commanded.len(), count, "every node commanded once: {:?}", log.commanded);
-    let waves: Vec<u32> = log.commanded.iter().map(|c| c.2).collect();
-    assert!(waves.windows(2).all(|w| w[0] <= w[1]), "waves in order: {waves:?}");
-    assert_eq!(waves.iter().filter(|w| **w == 0).count(), FAMILIES.len(), "canaries first: {waves:?}");
-    assert!(log.max_in_flight <= 3, "at most max_unavailable at once: {}", log.max_in_flight);
+    {
+        let log = fleet.log.lock().unwrap();
+        assert_eq!(log.commanded.len(), count, "every node commanded once: {:?}", log.commanded);
+        let waves: Vec<u32> = log.commanded.iter().map(|c| c.2).collect();
+        assert!(waves.windows(2).all(|w| w[0] <= w[1]), "waves in order: {waves:?}");
+        assert_eq!(waves.iter().filter(|w| **w == 0).count(), FAMILIES.len(), "canaries first: {waves:?}");
+        assert!(log.max_in_flight <= 3, "at most max_unavailable at once: {}", log.max_in_flight);
+    }
     let nodes_in_other = rollouts
         .plan(pb::PlanRolloutRequest { spec: Some(spec(&["100%"], 3)) })
         .await
         .expect("plan after")
         .into_inner();
     assert_eq!(nodes_in_other.up_to_date_node_ids.len(), count, "everyone is on {TO} now");
-    drop(log);
     drop(fleet);
     handle.shutdown().await.expect("shutdown");
 }
@@ -323,7 +324,7 @@ async fn a_failing_canary_pauses_resume_retries_and_rollback_brings_nodes_back()
         .expect("rollback");
     let back = wait_phase(&mut rollouts, &id, pb::RolloutPhase::RolledBack).await;
     assert!(back.nodes.iter().all(|n| n.state() == pb::RolloutNodeState::RolledBack), "{:?}", back.nodes);
-    let log = fleet.log.lock().unwrap();
+    let log = std::mem::take(&mut *fleet.log.lock().unwrap());
     let reverts: Vec<_> = log.commanded.iter().filter(|c| c.4).collect();
     assert_eq!(reverts.len(), count, "{:?}", log.commanded);
     for (node, _, _, image_ref, _) in reverts {
@@ -338,7 +339,6 @@ async fn a_failing_canary_pauses_resume_retries_and_rollback_brings_nodes_back()
         }
     }
     assert!(targets.values().all(|t| t.len() == 1), "{targets:?}");
-    drop(log);
     drop(fleet);
     handle.shutdown().await.expect("shutdown");
 }
