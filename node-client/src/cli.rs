@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use semver::Version;
 use tokio::sync::watch;
 
 use crate::config::{check_servers, parse_duration, ClientConfig, LogFormat, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR};
@@ -17,7 +18,7 @@ use crate::enroll::{enroll, EnrollParams};
 use crate::hello::{node_path, pb_identity, read_hostname, LocalHello};
 use crate::local::read_local_facts;
 use crate::session::{Session, SessionSettings};
-use crate::simulate::{parse_storm_state, run_simulation, SimulateError, SimulateOptions};
+use crate::simulate::{parse_start_release, parse_storm_state, run_simulation, SimulateError, SimulateOptions};
 use crate::state::{SharedStatusLog, StateDir, STATUS_FILE};
 use crate::tls::{endpoint_host, TlsTransport};
 use crate::upgrader::LoggingUpgrader;
@@ -124,12 +125,32 @@ pub struct SimulateArgs {
     /// State every node reports in the storm.
     #[arg(long, default_value = "downloading")]
     pub storm_state: String,
-    /// Time each simulated upgrade step takes.
+    /// Time each simulated upgrade step takes; 0s makes upgrades instant
+    /// (the reboot still closes and reopens the stream).
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub upgrade_step: Duration,
     /// Enrollments and connection handshakes in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Kairos release every virtual node starts on, e.g. v1.5.0 (a v1.x
+    /// release before v2.4.0); default: spread over v1.6.0, v1.5.1, v1.5.0.
+    #[arg(long, value_parser = parse_release)]
+    pub release: Option<Version>,
+    /// File of rules making upgrades fail with a fallback boot, one a line:
+    /// `*`, `FLAVOR` or `FLAVOR/core|standard`, optionally `@vX.Y.Z` (only
+    /// upgrades to that release); `#` comments. Read again at every
+    /// upgrade's reboot; a missing file fails nothing.
+    #[arg(long)]
+    pub fail_file: Option<PathBuf>,
+    /// Append one JSON line per desired state, cancel and acknowledged
+    /// status update (and stream up/down) of every node to this file.
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+}
+
+/// Parses `--release` (clap names the flag in its error).
+fn parse_release(value: &str) -> Result<Version, String> {
+    parse_start_release(value).map_err(|e| e.to_string())
 }
 
 /// A command's failure: the exit code and what to tell the operator.
@@ -324,6 +345,9 @@ async fn simulate_command(args: SimulateArgs) -> Result<(), Failure> {
         upgrade_step: args.upgrade_step,
         concurrency: args.concurrency,
         progress: true,
+        release: args.release,
+        fail_file: args.fail_file,
+        history: args.history,
     };
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
@@ -349,5 +373,34 @@ pub async fn shutdown_signal() -> std::io::Result<&'static str> {
     tokio::select! {
         _ = term.recv() => Ok("SIGTERM"),
         interrupted = tokio::signal::ctrl_c() => interrupted.map(|()| "SIGINT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let base = ["kairos-node-client", "simulate", "--server", "https://a:7443", "--token", "t", "--count", "1"];
+        Cli::try_parse_from(base.iter().chain(&["--ca-file", "ca.pem"]).chain(extra))
+    }
+
+    #[test]
+    fn simulate_takes_the_rollout_test_options() {
+        let extra = ["--release", "v1.5.0", "--fail-file", "fail", "--history", "h.jsonl", "--upgrade-step", "0s"];
+        let Command::Simulate(args) = parse(&extra).expect("parses").command else { panic!("simulate") };
+        assert_eq!(args.release, Some(Version::new(1, 5, 0)));
+        assert_eq!((args.fail_file, args.history), (Some("fail".into()), Some("h.jsonl".into())));
+        assert_eq!(args.upgrade_step, Duration::ZERO);
+        let Command::Simulate(args) = parse(&[]).expect("parses").command else { panic!("simulate") };
+        assert_eq!((args.release, args.fail_file, args.history), (None, None, None));
+    }
+
+    #[test]
+    fn a_bad_release_is_refused_naming_the_flag() {
+        for bad in ["1.5", "latest", "v2.5.0"] {
+            let error = parse(&["--release", bad]).expect_err(bad).to_string();
+            assert!(error.contains("--release") && error.contains(bad), "{error}");
+        }
     }
 }

@@ -32,12 +32,14 @@ use crate::upgrader::{Reporter, Upgrader};
 mod error;
 mod handle;
 mod metrics;
+mod observer;
 mod timing;
 
 pub use error::SessionError;
 use handle::Events;
 pub use handle::NodeHandle;
 pub use metrics::{SessionMetrics, SessionStats};
+pub use observer::SessionObserver;
 pub use timing::{Backoff, StreamTiming};
 
 /// Largest message either side may send.
@@ -130,6 +132,7 @@ pub struct Session<T> {
     node: NodeHandle,
     metrics: Arc<SessionMetrics>,
     connect_gate: Option<Arc<Semaphore>>,
+    observer: Option<Arc<dyn SessionObserver>>,
     job: Option<Job>,
     server_executors: Vec<String>,
     rng: fastrand::Rng,
@@ -163,6 +166,7 @@ impl<T: Transport> Session<T> {
             node: NodeHandle { log, events },
             metrics: Arc::new(SessionMetrics::default()),
             connect_gate: None,
+            observer: None,
             job: None,
             server_executors: Vec::new(),
             rng: fastrand::Rng::new(),
@@ -178,6 +182,12 @@ impl<T: Transport> Session<T> {
     /// Holds a permit of `gate` while connecting, bounding handshakes in flight.
     pub fn with_connect_gate(mut self, gate: Arc<Semaphore>) -> Self {
         self.connect_gate = Some(gate);
+        self
+    }
+
+    /// Tells `observer` about streams, desired states and cancels.
+    pub fn with_observer(mut self, observer: Arc<dyn SessionObserver>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -244,7 +254,18 @@ impl<T: Transport> Session<T> {
             } => opened,
         };
         match opened {
-            Ok(Ok(opened)) => self.run_stream(endpoint, opened, shutdown).await,
+            Ok(Ok(opened)) => {
+                let end = self.run_stream(endpoint, opened, shutdown).await;
+                if let Some(observer) = &self.observer {
+                    let reason = match &end {
+                        StreamEnd::Shutdown => "shutdown".to_string(),
+                        StreamEnd::Restart(_) => "restart".to_string(),
+                        StreamEnd::Failed { error, .. } => error.to_string(),
+                    };
+                    observer.disconnected(endpoint, &reason);
+                }
+                end
+            }
             Ok(Err(error)) => StreamEnd::Failed { error, up_for: None },
             Err(_) => StreamEnd::Failed {
                 error: SessionError::Timeout { endpoint: endpoint.into(), what: "opening the stream" },
@@ -300,6 +321,9 @@ impl<T: Transport> Session<T> {
         let mut timing = StreamTiming::from_config(&config);
         self.server_executors = config.allowed_executors;
         let _connected = self.metrics.connected();
+        if let Some(observer) = &self.observer {
+            observer.connected(endpoint, config.replica_id);
+        }
         self.node.events.epoch.send_modify(|e| *e += 1);
         tracing::info!(node = %self.settings.name, %endpoint, replica = config.replica_id, ?timing, "stream up");
 
@@ -455,7 +479,11 @@ impl<T: Transport> Session<T> {
     /// Persists a new generation before acting, so it is acted on at most once.
     fn on_desired_state(&mut self, desired: pb::DesiredState) -> Result<(), SessionError> {
         let generation = desired.generation;
-        if !self.node.log.accept_generation(generation)? {
+        let new = self.node.log.accept_generation(generation)?;
+        if let Some(observer) = &self.observer {
+            observer.desired_state(&desired, new);
+        }
+        if !new {
             tracing::debug!(node = %self.settings.name, generation, "desired state already handled");
             return Ok(());
         }
@@ -479,6 +507,9 @@ impl<T: Transport> Session<T> {
     }
 
     fn on_cancel(&self, cancel: pb::Cancel) {
+        if let Some(observer) = &self.observer {
+            observer.cancel(&cancel);
+        }
         match &self.job {
             Some(job) if job.generation == cancel.generation => {
                 tracing::info!(node = %self.settings.name, generation = cancel.generation, reason = %cancel.reason, "cancel");

@@ -28,6 +28,9 @@ fn options(servers: Vec<String>, ca_pem: String) -> SimulateOptions {
         upgrade_step: Duration::from_millis(100),
         concurrency: 8,
         progress: false,
+        release: None,
+        fail_file: None,
+        history: None,
     }
 }
 
@@ -162,5 +165,150 @@ async fn a_virtual_node_walks_through_an_upgrade_and_comes_back_on_the_target() 
     let _ = stop.send(true);
     let report = tokio::time::timeout(LIMIT, sim.finish()).await.expect("stops").expect("report");
     assert!(report.sessions.reconnects >= 1);
+    server.shutdown().await;
+}
+
+/// The history lines of a finished simulation.
+fn history_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).expect("history");
+    text.lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect()
+}
+
+/// The newest status of `generation` in `state`, if any.
+fn status_of(received: &[Received], generation: u64, state: pb::NodeState) -> Option<pb::StatusUpdate> {
+    received.iter().rev().filter_map(|r| r.status()).find(|s| s.generation == generation && s.state() == state).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_file_rule_makes_the_upgrade_fall_back_until_emptied_and_a_rollback_ends_healthy() {
+    let fleet = Fleet::new();
+    let server = FakeServer::start(&fleet, 1, Behaviour::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fail_file, history) = (dir.path().join("fail"), dir.path().join("history.jsonl"));
+    std::fs::write(&fail_file, "# the v1.6.0 opensuse image does not boot\nopensuse/core@v1.6.0\n").expect("fail file");
+    let (stop, stopped) = watch::channel(false);
+    let mut opts = options(vec![server.url.clone()], fleet.ca_pem.clone());
+    (opts.count, opts.storm_after, opts.upgrade_step) = (1, None, Duration::ZERO);
+    opts.release = Some(semver::Version::new(1, 5, 0));
+    (opts.fail_file, opts.history) = (Some(fail_file.clone()), Some(history.clone()));
+    let sim = Simulation::start(opts, stopped).expect("simulation starts");
+    let node = machine_id(42, 0);
+    assert!(fleet.wait_until(LIMIT, |r| hellos(r).len() == 1).await);
+    let first = hellos(&fleet.received())[&node][0].clone();
+    let old_image = first.current_image_ref.clone();
+    assert_eq!(first.identity.as_ref().map(|i| i.release.as_str()), Some("v1.5.0"), "--release");
+
+    use pb::NodeState::*;
+    let target = "quay.io/kairos/core-opensuse:v1.6.0";
+    let desired = |generation, image: &str, release: &str, rollback| pb::DesiredState {
+        generation,
+        rollout_id: "r-1".into(),
+        wave: 1,
+        target_image_ref: image.into(),
+        target_release: release.into(),
+        rollback,
+        ..Default::default()
+    };
+    assert!(fleet.push(&node, ServerBody::DesiredState(desired(1, target, "v1.6.0", false))).await);
+    assert!(fleet.wait_until(LIMIT, |r| status_of(r, 1, Failed).is_some()).await, "the upgrade fails");
+    let failed = status_of(&fleet.received(), 1, Failed).expect("failed");
+    assert_eq!(failed.failure_reason(), pb::FailureReason::FallbackBoot);
+    assert_eq!(failed.boot_state(), pb::BootState::Passive);
+    assert_eq!((failed.release.as_str(), failed.image_ref.as_str()), ("v1.5.0", old_image.as_str()));
+    assert!(failed.message.contains("/run/cos/upgrade_failure"), "{}", failed.message);
+    assert!(status_of(&fleet.received(), 1, Rebooting).is_some(), "it installed and rebooted first");
+    let fallback_hello = hellos(&fleet.received())[&node].last().cloned().expect("hello after the reboot");
+    assert_eq!((fallback_hello.boot_state(), fallback_hello.upgrade_failure), (pb::BootState::Passive, true));
+    assert_eq!(fallback_hello.current_image_ref, old_image);
+
+    // A fixed image is published: the same target now boots.
+    std::fs::write(&fail_file, "").expect("empty the fail file");
+    assert!(fleet.push(&node, ServerBody::DesiredState(desired(2, target, "v1.6.0", false))).await);
+    assert!(fleet.wait_until(LIMIT, |r| status_of(r, 2, Healthy).is_some()).await, "the retry is healthy");
+    let healthy = status_of(&fleet.received(), 2, Healthy).expect("healthy");
+    assert_eq!((healthy.release.as_str(), healthy.boot_state()), ("v1.6.0", pb::BootState::Active));
+
+    assert!(fleet.push(&node, ServerBody::DesiredState(desired(3, &old_image, "v1.5.0", true))).await);
+    assert!(fleet.wait_until(LIMIT, |r| status_of(r, 3, Healthy).is_some()).await, "the rollback is healthy");
+    let back = status_of(&fleet.received(), 3, Healthy).expect("healthy");
+    assert_eq!((back.release.as_str(), back.image_ref.as_str()), ("v1.5.0", old_image.as_str()));
+    let last_hello = hellos(&fleet.received())[&node].last().cloned().expect("hello");
+    assert_eq!((last_hello.current_image_ref.as_str(), last_hello.previous_image_ref.as_str()), (&*old_image, target));
+
+    let _ = stop.send(true);
+    let report = tokio::time::timeout(LIMIT, sim.finish()).await.expect("stops").expect("report");
+    assert_eq!(
+        report.upgrades,
+        kairos_node_client::simulate::UpgradeStats { started: 3, healthy: 2, failed: 1, cancelled: 0 }
+    );
+    let json = serde_json::to_value(&report).expect("json");
+    assert_eq!(json["upgrades"]["failed"], 1, "{json}");
+
+    let lines = history_lines(&history);
+    assert_eq!(report.history_lines, Some(lines.len() as u64));
+    let desired: Vec<(u64, bool, bool)> = lines
+        .iter()
+        .filter(|l| l["kind"] == "desired")
+        .map(|l| (l["generation"].as_u64().unwrap_or(0), l["rollback"] == true, l["repeat"] == true))
+        .collect();
+    assert_eq!(desired, [(1, false, false), (2, false, false), (3, true, false)]);
+    let fallback = lines
+        .iter()
+        .find(|l| l["kind"] == "acked" && l["state"] == "failed")
+        .unwrap_or_else(|| panic!("the failure was acknowledged: {lines:?}"));
+    assert_eq!(fallback["failure_reason"], "fallback_boot");
+    assert_eq!((fallback["boot_state"].as_str(), fallback["release"].as_str()), (Some("passive"), Some("v1.5.0")));
+    assert_eq!((fallback["node"].as_str(), fallback["generation"].as_u64()), (Some(node.as_str()), Some(1)));
+    let healthy_acked: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["kind"] == "acked" && l["state"] == "healthy")
+        .filter_map(|l| l["generation"].as_u64())
+        .collect();
+    assert_eq!(healthy_acked, [2, 3]);
+    let restarts = lines.iter().filter(|l| l["kind"] == "disconnect" && l["reason"] == "restart").count();
+    assert_eq!(restarts, 3, "every reboot, the fallback included, closed the stream");
+    assert_eq!(lines.iter().filter(|l| l["kind"] == "connect").count(), 4);
+    let times: Vec<u64> = lines.iter().filter_map(|l| l["t_ms"].as_u64()).collect();
+    assert_eq!(times.len(), lines.len(), "every line has t_ms");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_before_installing_ends_idle_cancelled() {
+    let fleet = Fleet::new();
+    let server = FakeServer::start(&fleet, 1, Behaviour::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = dir.path().join("history.jsonl");
+    let (stop, stopped) = watch::channel(false);
+    let mut opts = options(vec![server.url.clone()], fleet.ca_pem.clone());
+    (opts.count, opts.storm_after, opts.upgrade_step) = (1, None, Duration::from_secs(5));
+    opts.history = Some(history.clone());
+    let sim = Simulation::start(opts, stopped).expect("simulation starts");
+    let node = machine_id(42, 0);
+    assert!(fleet.wait_until(LIMIT, |r| hellos(r).len() == 1).await);
+    let desired = pb::DesiredState {
+        generation: 7,
+        rollout_id: "r-2".into(),
+        target_image_ref: "quay.io/kairos/core-opensuse:v1.6.1".into(),
+        target_release: "v1.6.1".into(),
+        ..Default::default()
+    };
+    assert!(fleet.push(&node, ServerBody::DesiredState(desired)).await);
+    use pb::NodeState::*;
+    assert!(fleet.wait_until(LIMIT, |r| status_of(r, 7, Downloading).is_some()).await);
+    let cancel = pb::Cancel { generation: 7, reason: "rollout r-2 aborted".into() };
+    assert!(fleet.push(&node, ServerBody::Cancel(cancel)).await);
+    assert!(fleet.wait_until(LIMIT, |r| status_of(r, 7, Idle).is_some()).await, "the node goes idle");
+    let idle = status_of(&fleet.received(), 7, Idle).expect("idle");
+    assert_eq!((idle.failure_reason(), idle.message.as_str()), (pb::FailureReason::Cancelled, "rollout r-2 aborted"));
+    assert!(status_of(&fleet.received(), 7, Installing).is_none(), "it never installed");
+
+    let _ = stop.send(true);
+    let report = tokio::time::timeout(LIMIT, sim.finish()).await.expect("stops").expect("report");
+    assert_eq!((report.upgrades.started, report.upgrades.cancelled, report.upgrades.healthy), (1, 1, 0));
+    let lines = history_lines(&history);
+    let cancel = lines.iter().find(|l| l["kind"] == "cancel").expect("a cancel line");
+    assert_eq!((cancel["generation"].as_u64(), cancel["reason"].as_str()), (Some(7), Some("rollout r-2 aborted")));
+    assert!(lines.iter().any(|l| l["kind"] == "acked" && l["state"] == "idle" && l["failure_reason"] == "cancelled"));
     server.shutdown().await;
 }

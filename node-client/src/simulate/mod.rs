@@ -6,11 +6,17 @@
 //! so thousands of nodes start smoothly. A progress line goes to stderr
 //! every [`PROGRESS_EVERY`]; the end (duration elapsed or shutdown) yields
 //! a [`SimulationReport`].
+//!
+//! For rollout tests every node can start on one release, upgrades can be
+//! made to fail through a fail file ([`failures`]), and what each node
+//! heard and had acknowledged is appended to a history file ([`history`]).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use kairos_fleet_proto::fleet::v1 as pb;
+use semver::Version;
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -21,14 +27,19 @@ use crate::enroll::{enroll_over, EnrollError, EnrollParams, NodeKey};
 use crate::session::{NodeHandle, Session, SessionMetrics, SessionSettings, SessionStats};
 use crate::state::{rfc3339_of, SharedStatusLog};
 use crate::tls::{enroll_endpoint, TlsTransport};
+use history::HistoryWriter;
 
+pub mod failures;
 pub mod fleet;
+pub mod history;
 pub mod storm;
 pub mod upgrade;
 
-pub use fleet::{machine_id, virtual_identity, VirtualMachine};
+pub use failures::{FailFile, FailRule, FailRules};
+pub use fleet::{check_start_release, machine_id, parse_start_release, virtual_identity, VirtualMachine};
+pub use history::{History, HistoryEvent, NodeHistory};
 pub use storm::{parse_storm_state, SimStatusLog, StormTracker, STORM_ROLLOUT};
-pub use upgrade::SimulatedUpgrader;
+pub use upgrade::{SimulatedUpgrader, UpgradeCounters, UpgradeStats};
 
 /// How often the progress line is printed.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -38,6 +49,8 @@ const ENROLL_ATTEMPTS: u32 = 5;
 const FD_HEADROOM: u64 = 128;
 /// How long sessions get to close their streams at the end.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the history writer gets to write what is queued at the end.
+const HISTORY_GRACE: Duration = Duration::from_secs(30);
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -58,12 +71,18 @@ pub struct SimulateOptions {
     pub storm_after: Option<Duration>,
     /// State of the storm update.
     pub storm_state: pb::NodeState,
-    /// Time each simulated upgrade step takes.
+    /// Time each simulated upgrade step takes; zero makes upgrades instant.
     pub upgrade_step: Duration,
     /// Enrollments and connection handshakes in flight at once.
     pub concurrency: usize,
     /// Print the progress line to stderr.
     pub progress: bool,
+    /// Release every node starts on; None = spread over three releases.
+    pub release: Option<Version>,
+    /// Rules of which upgrades fail, read again at every upgrade's reboot.
+    pub fail_file: Option<PathBuf>,
+    /// Append the history (JSON lines) here.
+    pub history: Option<PathBuf>,
 }
 
 /// Why a simulation could not run.
@@ -118,6 +137,10 @@ pub struct SimulationReport {
     pub sessions: SessionStats,
     /// The status storm, when one was sent.
     pub storm: Option<StormReport>,
+    /// How the virtual nodes' upgrades went.
+    pub upgrades: UpgradeStats,
+    /// History lines written, when a history was asked for.
+    pub history_lines: Option<u64>,
 }
 
 /// Checks `/proc/self/limits`: each virtual node holds one connection, so
@@ -181,6 +204,7 @@ struct EnrollCounts {
 struct Shared {
     metrics: Arc<SessionMetrics>,
     tracker: Arc<StormTracker>,
+    upgrades: Arc<UpgradeCounters>,
     counts: EnrollCounts,
 }
 
@@ -193,6 +217,8 @@ pub struct LiveCounts {
     pub enroll_failures: u64,
     /// Storm updates acknowledged so far.
     pub storm_acked: u64,
+    /// Upgrade counters.
+    pub upgrades: UpgradeStats,
     /// Session counters.
     pub sessions: SessionStats,
 }
@@ -215,6 +241,9 @@ impl Simulation {
         if options.servers.is_empty() {
             return Err(usage("--server", "name at least one endpoint".into()));
         }
+        if let Some(release) = &options.release {
+            check_start_release(release).map_err(|e| usage("--release", e.to_string()))?;
+        }
         check_open_files(options.count)?;
         kairos_controlplane::security::install_crypto_provider();
         // Enrollment needs no client certificate: one shared channel per server.
@@ -224,8 +253,23 @@ impl Simulation {
             .map(|url| enroll_endpoint(url, &options.ca_pem).map(|e| e.connect_lazy()))
             .collect::<Result<Vec<Channel>, _>>()
             .map_err(|e| usage("--server", e.to_string()))?;
+        let history = match &options.history {
+            Some(path) => Some(
+                History::open(path)
+                    .map_err(|e| usage("--history", format!("cannot append to {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let failures = options.fail_file.as_ref().map(|path| {
+            let failures = Arc::new(FailFile::new(path));
+            // Read once now, so a line that is not a rule shows at the start.
+            let rules = failures.rules();
+            tracing::info!(file = %path.display(), rules = rules.rules.len(), "fail file");
+            failures
+        });
         let shared = Arc::new(Shared::default());
-        let driver = tokio::spawn(drive(options, enroll_channels, Arc::clone(&shared), shutdown));
+        let extras = Extras { history, failures };
+        let driver = tokio::spawn(drive(options, enroll_channels, extras, Arc::clone(&shared), shutdown));
         Ok(Simulation { shared, driver })
     }
 
@@ -236,6 +280,7 @@ impl Simulation {
             enrolled: self.shared.counts.enrolled.load(Relaxed),
             enroll_failures: self.shared.counts.failed.load(Relaxed),
             storm_acked: self.shared.tracker.acked(),
+            upgrades: self.shared.upgrades.stats(),
             sessions: self.shared.metrics.stats(),
         }
     }
@@ -256,11 +301,18 @@ pub async fn run_simulation(
     Simulation::start(options, shutdown)?.finish().await
 }
 
+/// What the rollout-test options opened at the start.
+struct Extras {
+    history: Option<(History, HistoryWriter)>,
+    failures: Option<Arc<FailFile>>,
+}
+
 /// Starts every virtual node, prints progress, sends the storm, and
 /// stops the nodes at the end.
 async fn drive(
     options: SimulateOptions,
     enroll_channels: Vec<Channel>,
+    extras: Extras,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SimulationReport, SimulateError> {
@@ -273,10 +325,13 @@ async fn drive(
     let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel::<EnrollError>(1);
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let mut tasks = JoinSet::new();
+    let (history, history_writer) = extras.history.unzip();
     for index in 0..options.count {
         let server = rng.usize(..options.servers.len());
-        let machine = Arc::new(VirtualMachine::new(options.seed, index, Duration::from_secs(rng.u64(60..86_400))));
+        let uptime = Duration::from_secs(rng.u64(60..86_400));
+        let machine = Arc::new(VirtualMachine::new(options.seed, index, uptime, options.release.as_ref()));
         let (options, channel, shared) = (options.clone(), enroll_channels[server].clone(), Arc::clone(&shared));
+        let (history, failures) = (history.clone(), extras.failures.clone());
         let (enroll_gate, connect_gate) = (Arc::clone(&enroll_gate), Arc::clone(&connect_gate));
         let (stopped, handles_tx, refused_tx) = (stopped.clone(), handles_tx.clone(), refused_tx.clone());
         tasks.spawn(async move {
@@ -297,23 +352,36 @@ async fn drive(
                 }
             };
             shared.counts.enrolled.fetch_add(1, Relaxed);
-            let mut settings = SessionSettings::new(enrolled.enrollment.node_id.clone(), options.servers.clone());
+            let node_id = enrolled.enrollment.node_id.clone();
+            let mut settings = SessionSettings::new(node_id.clone(), options.servers.clone());
             settings.first_endpoint = server;
-            let upgrader = SimulatedUpgrader::new(Arc::clone(&machine), options.upgrade_step);
-            let session = Session::new(
+            let mut upgrader = SimulatedUpgrader::new(Arc::clone(&machine), options.upgrade_step)
+                .with_counters(Arc::clone(&shared.upgrades));
+            if let Some(failures) = failures {
+                upgrader = upgrader.with_failures(failures);
+            }
+            let node_history = history.map(|h| h.node(&node_id));
+            let mut log = SimStatusLog::new(Arc::clone(&shared.tracker));
+            if let Some(h) = &node_history {
+                log = log.with_history(h.clone());
+            }
+            let mut session = Session::new(
                 TlsTransport::new(enrolled.credentials),
                 settings,
                 machine,
-                SharedStatusLog::new(SimStatusLog::new(Arc::clone(&shared.tracker))),
+                SharedStatusLog::new(log),
                 Arc::new(upgrader),
             )
             .with_metrics(Arc::clone(&shared.metrics))
             .with_connect_gate(connect_gate);
+            if let Some(h) = node_history {
+                session = session.with_observer(Arc::new(h));
+            }
             let _ = handles_tx.send(session.handle());
             session.run(stopped).await;
         });
     }
-    drop((handles_tx, refused_tx));
+    drop((handles_tx, refused_tx, history));
 
     let count = u64::try_from(options.count).unwrap_or(u64::MAX);
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
@@ -342,7 +410,9 @@ async fn drive(
             Some(handle) = handles_rx.recv() => handles.push(handle),
             _ = ticker.tick() => if options.progress {
                 let storm = storm.as_ref().map(|(_, s)| (shared.tracker.acked(), s.nodes));
-                eprintln!("{}", progress_line(started.elapsed(), count, &shared.counts, &shared.metrics.stats(), storm));
+                let upgrades = shared.upgrades.stats();
+                let stats = shared.metrics.stats();
+                eprintln!("{}", progress_line(started.elapsed(), count, &shared.counts, &stats, storm, &upgrades));
             },
             _ = connected.wait_for(|c| *c >= count), if all_connected.is_none() => {
                 all_connected = Some(started.elapsed());
@@ -377,6 +447,24 @@ async fn drive(
     if timeout(STOP_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
         tasks.shutdown().await;
     }
+    // Node handles share the nodes' status logs, which hold their history:
+    // with them gone, the writer ends once it has written what is queued.
+    drop((handles, handles_rx));
+    let history = match history_writer {
+        Some(writer) => match writer.finish(HISTORY_GRACE).await {
+            Some(summary) => {
+                if summary.lost > 0 {
+                    tracing::error!(lost = summary.lost, "history lines lost to write errors");
+                }
+                Some(summary.lines)
+            }
+            None => {
+                tracing::error!("the history writer did not finish in time; the history may lack its last lines");
+                None
+            }
+        },
+        None => None,
+    };
     if let Some(e) = refused {
         return Err(SimulateError::Refused(e));
     }
@@ -392,6 +480,8 @@ async fn drive(
         duration_ms: millis(started.elapsed()),
         sessions: stats,
         storm,
+        upgrades: shared.upgrades.stats(),
+        history_lines: history,
     })
 }
 
@@ -415,7 +505,7 @@ fn send_storm(handles: &[NodeHandle], state: pb::NodeState) -> (Instant, StormRe
         }
     }
     let report = StormReport {
-        state: state.as_str_name().trim_start_matches("NODE_STATE_").to_ascii_lowercase(),
+        state: history::state_name(state),
         sent_at: rfc3339_of(&observed_at).unwrap_or_default(),
         sent_at_ms: sent_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
         nodes,
@@ -431,6 +521,7 @@ fn progress_line(
     counts: &EnrollCounts,
     stats: &SessionStats,
     storm: Option<(u64, u64)>,
+    upgrades: &UpgradeStats,
 ) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut line = format!(
@@ -447,6 +538,12 @@ fn progress_line(
     );
     if let Some((acked, nodes)) = storm {
         line.push_str(&format!(" storm acked {acked}/{nodes}"));
+    }
+    if upgrades.started > 0 {
+        line.push_str(&format!(
+            " upgrades {} started {} healthy {} failed {} cancelled",
+            upgrades.started, upgrades.healthy, upgrades.failed, upgrades.cancelled
+        ));
     }
     line
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use kairos_fleet_proto::fleet::v1 as pb;
 use tokio::sync::watch;
 
+use super::history::NodeHistory;
 use crate::state::{MemoryStatusLog, StateError, StatusLog, StatusLogState};
 
 /// Rollout id of storm updates.
@@ -37,18 +38,26 @@ impl StormTracker {
 }
 
 /// A virtual node's in-memory status log that notices when its storm
-/// update gets acknowledged.
+/// update gets acknowledged, and tells the history which updates a
+/// StatusAck covered (the log is where the session applies every ack).
 #[derive(Debug)]
 pub struct SimStatusLog {
     inner: MemoryStatusLog,
     tracker: Arc<StormTracker>,
     storm_seq: Option<u64>,
+    history: Option<NodeHistory>,
 }
 
 impl SimStatusLog {
     /// An empty log reporting storm acks to `tracker`.
     pub fn new(tracker: Arc<StormTracker>) -> Self {
-        SimStatusLog { inner: MemoryStatusLog::new(), tracker, storm_seq: None }
+        SimStatusLog { inner: MemoryStatusLog::new(), tracker, storm_seq: None, history: None }
+    }
+
+    /// Records every acknowledged update in `history`.
+    pub fn with_history(mut self, history: NodeHistory) -> Self {
+        self.history = Some(history);
+        self
     }
 }
 
@@ -66,7 +75,17 @@ impl StatusLog for SimStatusLog {
     }
 
     fn acknowledge(&mut self, seq: u64) -> Result<usize, StateError> {
+        let state = self.inner.state();
+        let covered: Vec<pb::StatusUpdate> = match &self.history {
+            Some(_) => state.unacked.iter().filter(|u| u.seq > state.acked_through && u.seq <= seq).cloned().collect(),
+            None => Vec::new(),
+        };
         let dropped = self.inner.acknowledge(seq)?;
+        if let Some(history) = &self.history {
+            for update in &covered {
+                history.acked(update);
+            }
+        }
         if self.storm_seq.is_some_and(|storm| self.inner.state().acked_through >= storm) {
             self.storm_seq = None;
             self.tracker.acked.send_modify(|n| *n += 1);
@@ -106,6 +125,32 @@ mod tests {
         log.acknowledge(2).expect("ack");
         log.acknowledge(2).expect("ack again");
         assert_eq!(tracker.acked(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_ack_puts_each_update_it_covers_into_the_history_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.jsonl");
+        let (history, writer) = crate::simulate::History::open(&path).expect("open");
+        let mut log = SimStatusLog::new(Arc::new(StormTracker::default())).with_history(history.node("n1"));
+        drop(history);
+        for state in [pb::NodeState::Downloading, pb::NodeState::Verifying, pb::NodeState::Installing] {
+            let mut update = pb::StatusUpdate { rollout_id: "r-1".into(), generation: 2, ..Default::default() };
+            update.set_state(state);
+            log.record(update).expect("record");
+        }
+        log.acknowledge(2).expect("ack");
+        log.acknowledge(2).expect("the same ack again");
+        log.acknowledge(99).expect("an ack past the end covers what was handed out");
+        drop(log);
+        writer.finish(std::time::Duration::from_secs(10)).await.expect("writer ends");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let acked: Vec<(u64, String)> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+            .map(|v| (v["seq"].as_u64().unwrap_or_default(), v["state"].as_str().unwrap_or_default().to_string()))
+            .collect();
+        assert_eq!(acked, [(1, "downloading".into()), (2, "verifying".into()), (3, "installing".into())]);
     }
 
     #[test]
