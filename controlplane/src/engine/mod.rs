@@ -129,8 +129,11 @@ impl Driver {
         self.rollouts.clear();
         self.index.clear();
         self.dirty.clear();
-        for id in records::active_ids(client.reader())? {
-            self.reload(client, &id)?;
+        for (header, _) in records::read_headers(client.reader())? {
+            let in_flight: usize = header.counts.iter().map(|c| c.in_flight).sum();
+            if !header.phase.is_terminal() || in_flight > 0 {
+                self.reload(client, &header.id)?;
+            }
         }
         Ok(())
     }
@@ -141,7 +144,9 @@ impl Driver {
         self.dirty.remove(id);
         self.rollouts.remove(id);
         let Some(loaded) = records::load(client.reader(), id)? else { return Ok(()) };
-        if loaded.rollout.is_terminal() {
+        // A finished rollout is still followed while nodes it commanded
+        // are in flight: their results are recorded, nothing more.
+        if loaded.rollout.is_terminal() && loaded.rollout.in_flight() == 0 {
             return Ok(());
         }
         let nodes: BTreeSet<NodeId> = loaded.rollout.nodes().map(|(n, _)| n.clone()).collect();
@@ -235,7 +240,7 @@ impl Driver {
             let ops = staged.ops.len();
             let committed = client.write_entry(Request::txn(staged.compares, staged.ops, Vec::new())).await?;
             if committed.response.succeeded {
-                let terminal = loaded.rollout.is_terminal();
+                let terminal = loaded.rollout.is_terminal() && loaded.rollout.in_flight() == 0;
                 loaded.mark_stored(staged.header, staged.waves, staged.changed, committed.response.revision);
                 tracing::debug!(rollout = %id, ops, revision = committed.response.revision, "rollout step committed");
                 if terminal {

@@ -388,11 +388,16 @@ impl Loaded {
 
     /// The node records that differ from what is stored.
     pub fn changed_nodes(&self) -> Vec<(NodeId, NodeRecord)> {
+        let empty = NodeMeta::default();
         self.rollout
             .nodes()
-            .filter_map(|(id, entry)| {
-                let record = NodeRecord { entry: entry.clone(), meta: self.meta.get(id).cloned().unwrap_or_default() };
-                (self.stored_nodes.get(id) != Some(&record)).then(|| (id.clone(), record))
+            .filter(|(id, entry)| {
+                let meta = self.meta.get(*id).unwrap_or(&empty);
+                self.stored_nodes.get(*id).is_none_or(|stored| &stored.entry != *entry || &stored.meta != meta)
+            })
+            .map(|(id, entry)| {
+                let meta = self.meta.get(id).cloned().unwrap_or_default();
+                (id.clone(), NodeRecord { entry: entry.clone(), meta })
             })
             .collect()
     }
