@@ -134,3 +134,30 @@ impl Drop for Simulator {
         let _ = self.child.wait();
     }
 }
+
+/// The container images of every seed image family at `release` (e.g.
+/// `1.6.1`), standard images with the simulated fleet's k3s line.
+pub fn seed_images(release: &str) -> Vec<String> {
+    use kairos_controlplane::fleet::image::{ImageRef, RegistryPrefix, TagGrammar};
+    use kairos_controlplane::fleet::matrix::seed_families;
+    use kairos_controlplane::fleet::model::{K8sDistro, SoftwareVersion, Variant};
+    let version = semver::Version::parse(release.trim_start_matches('v')).expect("a semver release");
+    let k3s = SoftwareVersion::parse("k3sv1.26.1-k3s1", Some(K8sDistro::K3s)).expect("k3s version");
+    seed_families()
+        .iter()
+        .filter_map(|family| {
+            let software = (family.variant == Variant::Standard).then_some(&k3s);
+            let grammar = TagGrammar::for_release(&version);
+            ImageRef::for_target(&RegistryPrefix::default(), family, grammar, &version, software)
+                .ok()
+                .map(|r| r.to_string())
+        })
+        .collect()
+}
+
+/// Adds every image of `images` to the cluster's release catalog.
+pub fn add_releases(cluster: &Cluster, images: &[String]) {
+    for image in images {
+        ok_stdout(&cluster.ctl(&["releases", "add", image]), "releases add");
+    }
+}
