@@ -32,10 +32,9 @@ fn json(out: &str) -> Value {
 /// The first string under `key` anywhere in `v` (depth first).
 fn find_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     match v {
-        Value::Object(map) => map
-            .get(key)
-            .and_then(Value::as_str)
-            .or_else(|| map.values().find_map(|child| find_str(child, key))),
+        Value::Object(map) => {
+            map.get(key).and_then(Value::as_str).or_else(|| map.values().find_map(|child| find_str(child, key)))
+        }
         Value::Array(items) => items.iter().find_map(|child| find_str(child, key)),
         _ => None,
     }
@@ -44,10 +43,9 @@ fn find_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// The first array under `key` anywhere in `v`.
 fn find_array<'a>(v: &'a Value, key: &str) -> Option<&'a Vec<Value>> {
     match v {
-        Value::Object(map) => map
-            .get(key)
-            .and_then(Value::as_array)
-            .or_else(|| map.values().find_map(|child| find_array(child, key))),
+        Value::Object(map) => {
+            map.get(key).and_then(Value::as_array).or_else(|| map.values().find_map(|child| find_array(child, key)))
+        }
         Value::Array(items) => items.iter().find_map(|child| find_array(child, key)),
         _ => None,
     }
@@ -143,10 +141,7 @@ fn a_patch_rollout_moves_every_seed_flavor_wave_by_wave_canaries_first_and_bakes
     wait_online(&cluster, count);
 
     let bake_ms = 3000;
-    let id = create(
-        &cluster,
-        &["--to", "v1.6.1", "--waves", "1,50%,100%", "--max-unavailable", "6", "--bake", "3s"],
-    );
+    let id = create(&cluster, &["--to", "v1.6.1", "--waves", "1,50%,100%", "--max-unavailable", "6", "--bake", "3s"]);
     let done = wait_phase(&cluster, &id, "completed", Duration::from_secs(120));
     let states = node_states(&done);
     assert_eq!(states.len(), count, "{done}");
@@ -194,4 +189,177 @@ fn a_patch_rollout_moves_every_seed_flavor_wave_by_wave_canaries_first_and_bakes
     assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
     let report = sim.report();
     assert_eq!(report["upgrades"]["healthy"].as_u64(), Some(count as u64), "{report}");
+}
+
+#[test]
+fn a_failing_canary_pauses_the_rollout_resume_after_the_fix_continues_rollback_and_abort() {
+    let cluster = start_cluster();
+    let count = FAMILIES * 2;
+    let fail_file = cluster.dir.path().join("fail-rules");
+    // The Raspberry Pi standard image does not boot until it is "fixed".
+    std::fs::write(&fail_file, "alpine-arm-rpi/standard\n").expect("fail file");
+    let (_sim, history_path) = sim(
+        &cluster,
+        "canary",
+        count,
+        2,
+        &["--release", "v1.6.0", "--upgrade-step", "100ms", "--fail-file", fail_file.to_str().expect("utf-8")],
+    );
+    add_releases(&cluster, &seed_images("1.6.0"));
+    add_releases(&cluster, &seed_images("1.6.1"));
+    wait_online(&cluster, count);
+
+    let id = create(&cluster, &["--to", "v1.6.1", "--waves", "1,100%", "--max-unavailable", "8", "--bake", "0s"]);
+    let paused = wait_phase(&cluster, &id, "paused", Duration::from_secs(60));
+    let states = node_states(&paused);
+    let failed: Vec<&String> = states.iter().filter(|(_, s)| *s == "failed").map(|(n, _)| n).collect();
+    assert_eq!(failed.len(), 1, "the rpi standard canary failed: {states:?}");
+    let reason = find_str(&paused, "reason_message").unwrap_or_default().to_string();
+    assert!(reason.contains(failed[0].as_str()) && reason.contains("threshold"), "{reason}");
+    let records = read_history(&history_path);
+    let commanded = first_commands(&records, &id);
+    assert_eq!(commanded.len(), FAMILIES, "only the canary wave was commanded before the pause: {commanded:?}");
+
+    // Resuming without saying what to do about the failure is refused.
+    let plain = cluster.ctl(&["rollout", "resume", &id]);
+    assert!(!plain.status.success());
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("retry"), "{}", String::from_utf8_lossy(&plain.stderr));
+    // The fixed image is published; the failed canary is retried and the rollout goes on.
+    std::fs::write(&fail_file, "").expect("fix");
+    ok_stdout(&cluster.ctl(&["rollout", "resume", &id, "--retry-failed"]), "rollout resume --retry-failed");
+    let done = wait_phase(&cluster, &id, "completed", Duration::from_secs(90));
+    assert!(node_states(&done).values().all(|s| s == "healthy"), "{done}");
+    let records = read_history(&history_path);
+    let verdict = history::check(&records, &id, 8, &node_states(&done));
+    assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
+
+    // Rollback: every node goes back to the image it ran before.
+    ok_stdout(&cluster.ctl(&["rollout", "rollback", &id, "--reason", "test"]), "rollout rollback");
+    let back = wait_phase(&cluster, &id, "rolled_back", Duration::from_secs(90));
+    assert!(node_states(&back).values().all(|s| s == "rolled_back"), "{back}");
+    let nodes = ok_stdout(&cluster.ctl(&["nodes", "list", "--all", "-o", "json"]), "nodes list");
+    assert_eq!(nodes.matches("\"v1.6.1\"").count(), 0, "no node runs v1.6.1 after the rollback: {nodes}");
+
+    // With --on-failure abort a failing canary ends the rollout.
+    std::fs::write(&fail_file, "*\n").expect("fail file");
+    let id =
+        create(&cluster, &["--to", "v1.6.1", "--waves", "1,100%", "--max-unavailable", "4", "--on-failure", "abort"]);
+    let aborted = wait_phase(&cluster, &id, "aborted", Duration::from_secs(60));
+    let states = node_states(&aborted);
+    assert!(states.values().filter(|s| *s == "healthy").count() == 0, "{states:?}");
+    assert!(states.values().any(|s| s == "pending"), "wave 1 was never started: {states:?}");
+    let watch = cluster.ctl(&["rollout", "watch", &id]);
+    assert!(!watch.status.success(), "watching an aborted rollout ends with a failure exit code");
+}
+
+#[test]
+fn major_upgrades_need_allow_major_and_the_barrier_release_and_a_closed_window_holds_the_wave() {
+    let cluster = start_cluster();
+    // 16 nodes on the barrier (newest v1.x in the catalog), 16 behind it.
+    let (_on_barrier, _) = sim(&cluster, "barrier", FAMILIES, 3, &["--release", "v1.6.1"]);
+    let (_behind, _) = sim(&cluster, "behind", FAMILIES, 4, &["--release", "v1.5.0"]);
+    for release in ["1.5.0", "1.6.1", "2.0.0"] {
+        add_releases(&cluster, &seed_images(release));
+    }
+    wait_online(&cluster, 2 * FAMILIES);
+
+    let plan = |args: &[&str]| {
+        let mut all = vec!["rollout", "plan", "--to", "v2.0.0"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        json(&ok_stdout(&cluster.ctl(&all), "rollout plan"))
+    };
+    let refused_rules = |plan: &Value| -> BTreeMap<String, String> {
+        find_array(plan, "refused")
+            .map(|r| {
+                r.iter()
+                    .filter_map(|n| Some((n["node_id"].as_str()?.to_string(), normalized(n["rule"].as_str()?))))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let without = plan(&[]);
+    let rules = refused_rules(&without);
+    assert_eq!(rules.len(), 2 * FAMILIES, "every node is refused without --allow-major: {without}");
+    assert!(rules.values().all(|r| r.contains("major_not_allowed")), "{rules:?}");
+
+    let with = plan(&["--allow-major"]);
+    let rules = refused_rules(&with);
+    assert_eq!(rules.len(), FAMILIES, "the nodes behind the barrier are refused by name: {with}");
+    assert!(rules.values().all(|r| r.contains("barrier")), "{rules:?}");
+    let refusal_text = with.to_string();
+    assert!(refusal_text.contains("v1.6.1"), "the refusal names the barrier release: {refusal_text}");
+
+    // A maintenance window that is closed now: the first wave waits, nothing is commanded.
+    let tomorrow = match jiff_weekday_tomorrow() {
+        Some(day) => day,
+        None => return,
+    };
+    let window = format!("{tomorrow} 03:00+1h UTC");
+    let id = create(&cluster, &["--to", "v2.0.0", "--allow-major", "--window", &window]);
+    let waiting = wait_phase(&cluster, &id, "waiting_window", Duration::from_secs(20));
+    assert!(find_str(&waiting, "next_window_at").is_some(), "{waiting}");
+    std::thread::sleep(Duration::from_secs(3));
+    let still = status(&cluster, &id).expect("status");
+    assert_eq!(phase_of(&still), "waiting_window");
+    assert!(node_states(&still).values().all(|s| s == "pending"), "{still}");
+    ok_stdout(&cluster.ctl(&["rollout", "abort", &id]), "rollout abort");
+}
+
+/// Tomorrow's weekday as the window grammar spells it (`Mon`..`Sun`), UTC.
+fn jiff_weekday_tomorrow() -> Option<&'static str> {
+    let days = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    // 1970-01-01 was a Thursday; tomorrow is one day on.
+    Some(days[((now / 86_400 + 1) % 7) as usize])
+}
+
+#[test]
+fn sigkilling_the_leader_in_the_middle_of_waves_loses_nothing_and_the_rollout_finishes() {
+    let mut cluster = start_cluster();
+    let count = 40;
+    let max_unavailable = 5;
+    let (sim, history_path) = sim(&cluster, "failover", count, 5, &["--release", "v1.6.0", "--upgrade-step", "300ms"]);
+    add_releases(&cluster, &seed_images("1.6.0"));
+    add_releases(&cluster, &seed_images("1.6.1"));
+    wait_online(&cluster, count);
+    let id = create(
+        &cluster,
+        &["--to", "v1.6.1", "--waves", "1,25%,100%", "--max-unavailable", &max_unavailable.to_string(), "--bake", "0s"],
+    );
+    let started = Instant::now();
+    let mut kills = 0;
+    for round in 0..3 {
+        // Wait until nodes are in flight, then kill the leader under them.
+        wait_for("nodes in flight", Duration::from_secs(60), || {
+            let s = status(&cluster, &id)?;
+            let in_flight = node_states(&s).values().filter(|v| *v == "in_flight").count();
+            (in_flight > 0 || phase_of(&s) == "completed").then_some(())
+        });
+        if phase_of(&status(&cluster, &id).expect("status")) == "completed" {
+            break;
+        }
+        let leader = wait_for("a leader", Duration::from_secs(20), || cluster.leader(&[1, 2, 3]));
+        cluster.kill9(leader);
+        kills += 1;
+        println!("round {round}: SIGKILLed leader {leader} at {:.1} s", started.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_millis(1500));
+        cluster.start_with(leader, &["--node-heartbeat-ms", HEARTBEAT_MS]);
+    }
+    let done = wait_phase(&cluster, &id, "completed", Duration::from_secs(180));
+    let states = node_states(&done);
+    assert!(states.values().all(|s| s == "healthy"), "{states:?}");
+    let records = read_history(&history_path);
+    let verdict = history::check(&records, &id, max_unavailable, &states);
+    println!(
+        "{kills} leader SIGKILLs; rollout completed after {:.1} s; history: {} operations checked, max {} in flight \
+         (max_unavailable {max_unavailable}), {} invariant violations",
+        started.elapsed().as_secs_f64(),
+        verdict.operations,
+        verdict.max_in_flight,
+        verdict.violations.len()
+    );
+    assert!(kills >= 2, "the leader was killed at least twice mid-rollout");
+    assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
+    drop(sim);
 }
