@@ -393,3 +393,49 @@ async fn abort_on_failure_and_operator_calls_in_the_wrong_phase_name_the_way_out
     drop(fleet);
     handle.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_gates_hold_each_later_wave_and_offline_nodes_are_deferred_and_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = 6;
+    let (pki, slot, handle) = setup(dir.path(), count).await;
+    // Node 5 is offline: no session record.
+    handle.write(Request::delete(nodes::session_key(&node_id(5)))).await.expect("take node 5 offline");
+    let fleet = play(&handle, count, Duration::from_millis(10));
+    let mut rollouts = client(&pki, &slot.addr());
+    let mut s = spec(&["1", "100%"], 3);
+    if let Some(strategy) = s.strategy.as_mut() {
+        strategy.approve_waves = Some(true);
+        strategy.offline_grace = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+    }
+    let id = rollouts
+        .create(pb::CreateRolloutRequest { spec: Some(s), ..Default::default() })
+        .await
+        .expect("create")
+        .into_inner()
+        .rollout
+        .expect("rollout")
+        .rollout_id;
+    let waiting = wait_phase(&mut rollouts, &id, pb::RolloutPhase::AwaitingApproval).await;
+    assert_eq!(waiting.rollout.and_then(|r| r.status).map(|s| s.current_wave), Some(1));
+    let stale = rollouts
+        .approve(pb::ApproveWaveRequest { rollout_id: id.clone(), wave: 0, ..Default::default() })
+        .await
+        .expect_err("approving the wrong wave");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let approved = rollouts
+        .approve(pb::ApproveWaveRequest { rollout_id: id.clone(), wave: 1, comment: "ok".into() })
+        .await
+        .expect("approve wave 1")
+        .into_inner();
+    let wave1 = approved.rollout.and_then(|r| r.status).map(|s| s.waves[1].clone()).expect("wave 1");
+    assert_eq!(wave1.approved_by, "cert:operator", "the approver is recorded");
+    let done = wait_phase(&mut rollouts, &id, pb::RolloutPhase::Completed).await;
+    let totals = done.rollout.and_then(|r| r.status).and_then(|s| s.totals).expect("totals");
+    assert_eq!((totals.healthy, totals.deferred), (count as u32 - 1, 1), "{totals:?}");
+    let offline = done.nodes.iter().find(|n| n.node_id == node_id(5)).expect("node 5");
+    assert_eq!(offline.state(), pb::RolloutNodeState::Deferred);
+    assert!(!offline.online);
+    drop(fleet);
+    handle.shutdown().await.expect("shutdown");
+}
