@@ -11,6 +11,7 @@ use super::enroll_tokens::EnrollTokensCommand;
 use super::fleet::FleetCommand;
 use super::nodes::NodesCommand;
 use super::output::Format;
+use super::rollout::args::RolloutCommand;
 use super::settings::{parse_timeout, Overrides};
 use super::tokens::TokensCommand;
 use crate::cli_config::CONFIG_ENV;
@@ -90,6 +91,12 @@ pub enum Command {
         /// The fleet command.
         #[command(subcommand)]
         command: FleetCommand,
+    },
+    /// Rollouts: plan, create, follow and steer upgrades in waves.
+    Rollout {
+        /// The rollout command.
+        #[command(subcommand)]
+        command: RolloutCommand,
     },
     /// The release catalog: upgrade images rollouts may target.
     Releases {

@@ -98,6 +98,28 @@ impl Connection {
         &self.endpoints
     }
 
+    /// The endpoint that answered the last successful call, tried first by
+    /// the next one.
+    pub fn last_answered(&self) -> Option<String> {
+        self.preferred.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Makes the next call start at the endpoint after `url` in the
+    /// configured list (wrapping around), e.g. when a stream from `url`
+    /// broke and its replica may be gone. A URL outside the list (a leader
+    /// redirect) restores the configured order.
+    pub fn prefer_after(&self, url: &str) {
+        let next = self
+            .endpoints
+            .iter()
+            .position(|e| e == url)
+            .and_then(|i| self.endpoints.get((i + 1) % self.endpoints.len()))
+            .cloned();
+        if let Ok(mut preferred) = self.preferred.lock() {
+            *preferred = next;
+        }
+    }
+
     /// Runs `call` (named `method`, `Service/Method`, in errors) against
     /// the endpoints in order until one answers, following one leader
     /// redirect. `call` builds a client on the channel it is given and
@@ -309,6 +331,18 @@ mod tests {
             assert_eq!(err.exit_code(), 2, "{bad}: {err}");
         }
         assert!(Connection::new(settings(&["https://127.0.0.1:7001", "https://[::1]:7001"])).is_ok());
+    }
+
+    #[test]
+    fn a_broken_stream_moves_the_next_call_to_the_following_endpoint() {
+        let conn = Connection::new(settings(&["https://a:1", "https://b:1", "https://c:1"])).expect("open");
+        conn.prefer_after("https://b:1");
+        assert_eq!(conn.order(), ["https://c:1", "https://a:1", "https://b:1"]);
+        conn.prefer_after("https://c:1");
+        assert_eq!(conn.order(), ["https://a:1", "https://b:1", "https://c:1"]);
+        conn.prefer_after("https://leader-elsewhere:1");
+        assert_eq!(conn.last_answered(), None);
+        assert_eq!(conn.order(), ["https://a:1", "https://b:1", "https://c:1"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | 3 | `NOT_FOUND` |
 //! | 4 | `PERMISSION_DENIED`, `UNAUTHENTICATED` |
 //! | 5 | no replica could serve the call (`UNAVAILABLE`, `DEADLINE_EXCEEDED`) |
+//! | 6 | `rollout watch` (or `create --watch`): the rollout ended aborted |
 
 use std::fmt::{self, Write as _};
 
@@ -28,6 +29,8 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 pub const EXIT_DENIED: u8 = 4;
 /// Exit code of a call no replica could serve in time.
 pub const EXIT_UNAVAILABLE: u8 = 5;
+/// Exit code of `rollout watch` when the rollout it followed was aborted.
+pub const EXIT_ROLLOUT_ABORTED: u8 = 6;
 
 /// Why a kairosctl command failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,14 @@ pub enum CliError {
     /// The result could not be rendered or written.
     #[error("cannot write the output: {0}")]
     Output(String),
+    /// A followed rollout ended aborted.
+    #[error("rollout {rollout_id} was aborted{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    RolloutAborted {
+        /// The rollout.
+        rollout_id: String,
+        /// Why, as the server put it; may be empty.
+        reason: String,
+    },
     /// Several items failed and each was reported already.
     #[error("{summary}")]
     Reported {
@@ -119,6 +130,7 @@ impl CliError {
             CliError::Config(_) | CliError::Usage { .. } => EXIT_INVALID,
             CliError::Rpc(e) => exit_code_for(e.code),
             CliError::Output(_) => EXIT_OTHER,
+            CliError::RolloutAborted { .. } => EXIT_ROLLOUT_ABORTED,
             CliError::Reported { exit_code, .. } => *exit_code,
         }
     }
@@ -130,6 +142,10 @@ impl CliError {
             CliError::Config(_) => Some("fix the config file, or pass --config, --context or --server".into()),
             CliError::Usage { hint, .. } => hint.clone(),
             CliError::Rpc(e) => e.hint(),
+            CliError::RolloutAborted { rollout_id, .. } => Some(format!(
+                "upgraded nodes stay where they are: see `kairosctl rollout status {rollout_id} --nodes`, \
+                 move them back with `kairosctl rollout rollback {rollout_id}`"
+            )),
             CliError::Output(_) | CliError::Reported { .. } => None,
         }
     }

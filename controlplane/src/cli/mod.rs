@@ -7,8 +7,8 @@
 //! - [`error`]: [`CliError`], its hint and exit code.
 //! - [`output`]: `-o table|json|yaml`; each command module defines the
 //!   serde views it prints ([`cluster`], [`releases`], [`sync`], [`image`],
-//!   [`tokens`], [`enroll_tokens`], [`audit`], [`nodes`], [`fleet`];
-//!   [`node_filter`] holds the node filter flags they share).
+//!   [`tokens`], [`enroll_tokens`], [`audit`], [`nodes`], [`fleet`],
+//!   [`rollout`]; [`node_filter`] holds the node filter flags they share).
 
 pub mod args;
 pub mod audit;
@@ -23,6 +23,7 @@ pub mod node_filter;
 pub mod nodes;
 pub mod output;
 pub mod releases;
+pub mod rollout;
 pub mod settings;
 pub mod sync;
 pub mod tokens;
@@ -78,6 +79,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Audit { command } => audit::run(&connect(&cli.global)?, command, format, out).await,
         Command::Nodes { command } => nodes::run(&connect(&cli.global)?, command, format, out).await,
         Command::Fleet { command } => fleet::run(&connect(&cli.global)?, command, format, out).await,
+        Command::Rollout { command } => rollout::run(&connect(&cli.global)?, command, format, out).await,
         Command::Releases { command } => {
             let conn = connect(&cli.global)?;
             match command {
