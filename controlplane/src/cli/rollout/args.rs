@@ -9,11 +9,13 @@ use super::super::node_filter::parse_selector;
 use super::super::nodes::ConsistencyArg;
 use super::super::CliError;
 use super::names::proto_duration;
-use crate::fleet::strategy::{format_duration, parse_duration, FailureThreshold, Millis, WaveSpec, HOUR, MINUTE};
+use crate::fleet::strategy::{format_duration, parse_duration, FailureThreshold, Millis, WaveSpec, HOUR};
 use crate::fleet::window::MaintenanceWindow;
 
 /// Longest health timeout the API accepts.
 const MAX_HEALTH_TIMEOUT: Millis = 24 * HOUR;
+/// Shortest health timeout and offline grace (tests and labs use seconds).
+const SECOND: Millis = 1000;
 /// Longest bake time and offline grace the API accepts.
 const MAX_WAIT: Millis = 7 * 24 * HOUR;
 /// Most maintenance windows per strategy.
@@ -402,7 +404,7 @@ impl StrategyArgs {
         Ok(pb::RolloutStrategy {
             waves,
             max_unavailable: self.max_unavailable,
-            health_timeout: duration("--health-timeout", &self.health_timeout, MINUTE, MAX_HEALTH_TIMEOUT, "30m")?,
+            health_timeout: duration("--health-timeout", &self.health_timeout, SECOND, MAX_HEALTH_TIMEOUT, "30m")?,
             failure_threshold,
             min_sample: self.min_sample,
             on_failure: self.on_failure.map(|a| a.to_pb() as i32),
@@ -412,7 +414,7 @@ impl StrategyArgs {
             urgent: self.urgent,
             allow_major: self.allow_major,
             allow_downgrade: self.allow_downgrade,
-            offline_grace: duration("--offline-grace", &self.offline_grace, MINUTE, MAX_WAIT, "15m")?,
+            offline_grace: duration("--offline-grace", &self.offline_grace, SECOND, MAX_WAIT, "15m")?,
         })
     }
 }
@@ -467,7 +469,7 @@ impl RollbackArgs {
         let health_timeout = self
             .health_timeout
             .as_deref()
-            .map(|v| duration_flag("--health-timeout", v, MINUTE, MAX_HEALTH_TIMEOUT, "30m"))
+            .map(|v| duration_flag("--health-timeout", v, SECOND, MAX_HEALTH_TIMEOUT, "30m"))
             .transpose()?;
         let strategy = pb::RolloutStrategy {
             max_unavailable: self.max_unavailable,

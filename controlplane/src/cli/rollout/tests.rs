@@ -302,7 +302,7 @@ fn bad_values_name_the_flag() {
         (&["--waves", "0"], "--waves"),
         (&["--waves", "1,,2"], "--waves"),
         (&["--health-timeout", "10"], "--health-timeout"),
-        (&["--health-timeout", "30s"], "--health-timeout"),
+        (&["--health-timeout", "500ms"], "--health-timeout"),
         (&["--health-timeout", "25h"], "--health-timeout"),
         (&["--bake", "8d"], "--bake"),
         (&["--bake", "soon"], "--bake"),
