@@ -288,7 +288,9 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<DemoOutcome> {
                 ),
             )?;
             fixed = true;
-            actions = rollout.apply(Event::Resume { retry_failed: true, now }).map_err(io::Error::other)?;
+            actions = rollout
+                .apply(Event::Resume { accept_failures: true, retry_failed: true, now })
+                .map_err(io::Error::other)?;
             continue;
         }
         // Next thing to happen: a node report or a timer of the rollout.

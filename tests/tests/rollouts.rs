@@ -125,10 +125,10 @@ fn wait_online(cluster: &Cluster, count: usize) {
     });
 }
 
-/// The image family part of an image tag: everything before the release.
+/// The image family of a v1.6.1 image reference: the reference without
+/// its release.
 fn family_of(image: &str) -> String {
-    let tag = image.rsplit_once(':').map_or(image, |(_, t)| t);
-    tag.split("-v1.").next().unwrap_or(tag).to_string()
+    image.replace("v1.6.1", "")
 }
 
 #[test]
@@ -237,8 +237,16 @@ fn a_failing_canary_pauses_the_rollout_resume_after_the_fix_continues_rollback_a
     ok_stdout(&cluster.ctl(&["rollout", "rollback", &id, "--reason", "test"]), "rollout rollback");
     let back = wait_phase(&cluster, &id, "rolled_back", Duration::from_secs(90));
     assert!(node_states(&back).values().all(|s| s == "rolled_back"), "{back}");
-    let nodes = ok_stdout(&cluster.ctl(&["nodes", "list", "--all", "-o", "json"]), "nodes list");
-    assert_eq!(nodes.matches("\"v1.6.1\"").count(), 0, "no node runs v1.6.1 after the rollback: {nodes}");
+    let releases = wait_for("every node reports v1.6.0 again", Duration::from_secs(30), || {
+        let nodes = json(&ok_stdout(&cluster.ctl(&["nodes", "list", "--all", "-o", "json"]), "nodes list"));
+        let releases: BTreeSet<String> = find_array(&nodes, "nodes")
+            .or_else(|| nodes.as_array())?
+            .iter()
+            .filter_map(|n| n["release"].as_str().map(str::to_string))
+            .collect();
+        (releases.len() == 1).then_some(releases)
+    });
+    assert_eq!(releases, BTreeSet::from(["v1.6.0".to_string()]));
 
     // With --on-failure abort a failing canary ends the rollout.
     std::fs::write(&fail_file, "*\n").expect("fail file");

@@ -20,7 +20,7 @@ use self::convert::{node_to_pb, rollout_to_pb};
 use self::plan::{class_to_pb, strategy_to_pb, MAX_TEXT};
 use super::audit::{self, method, Call, Outcome, Planned as AuditPlanned};
 use super::auth::authorize;
-use super::{read_status, wants_linearizable};
+use super::{read_status, wants_linearizable, write_status};
 use crate::engine::now_ms;
 use crate::engine::records::{self, Header, Loaded, RecordError, WaveMeta};
 use crate::engine::transition::{self, Pending};
@@ -28,7 +28,7 @@ use crate::fleet::rollout::{Event, Phase, Rollout, RolloutError};
 use crate::fleet::strategy::Millis;
 use crate::replica::ReplicaClient;
 use crate::security::Role;
-use crate::store::{Compare, CompareOp, KvReader, Op};
+use crate::store::{Compare, CompareOp, KvReader, Op, Request as Write};
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -42,7 +42,10 @@ pub struct RolloutApi {
 }
 
 fn record_status(e: RecordError) -> Status {
-    Status::internal(e.to_string())
+    match e {
+        RecordError::Busy { .. } => Status::aborted(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
 }
 
 fn rollout_status(e: RolloutError) -> Status {
@@ -154,6 +157,20 @@ impl RolloutApi {
     }
 
     async fn steer_audited(&self, call: &Call, id: &str, steer: &Steer<'_>) -> Result<(), Status> {
+        // Ask the engine to hold its steps on this rollout while the call
+        // reads and changes it; the commit takes the mark away again.
+        let mark = records::steer_key(id);
+        self.client.write(Write::put(mark.as_str(), now_ms().to_string())).await.map_err(write_status)?;
+        let result = self.steer_commit(call, id, steer, &mark).await;
+        if result.is_err() {
+            if let Err(e) = self.client.write(Write::delete(mark.as_str())).await {
+                tracing::warn!(rollout = %id, error = %e, "removing an operator's mark; it expires by itself");
+            }
+        }
+        result
+    }
+
+    async fn steer_commit(&self, call: &Call, id: &str, steer: &Steer<'_>, mark: &str) -> Result<(), Status> {
         let entry = call.entry(Outcome::Succeeded, None, self.client.id());
         audit::commit_with_entry(&self.client, entry, |reader| {
             let now = now_ms();
@@ -164,7 +181,8 @@ impl RolloutApi {
                 transition::apply(&mut loaded, event, &mut pending).map_err(rollout_status)?;
             }
             let staged = transition::stage(&mut loaded, pending, reader, now).map_err(record_status)?;
-            let (compares, ops) = staged.map(|s| (s.compares, s.ops)).unwrap_or_default();
+            let (compares, mut ops) = staged.map(|s| (s.compares, s.ops)).unwrap_or_default();
+            ops.push(Op::delete(mark));
             Ok(AuditPlanned { compares, ops, target: String::new(), value: () })
         })
         .await
@@ -492,7 +510,7 @@ impl RolloutService for RolloutApi {
                     loaded.id()
                 )));
             }
-            Ok(vec![Event::Resume { retry_failed: retry, now }])
+            Ok(vec![Event::Resume { accept_failures: accept, retry_failed: retry, now }])
         };
         let summary = format!("accept_failures={} retry_failed={}", req.accept_failures, req.retry_failed);
         let rollout = self.steer(&request, method::RESUME_ROLLOUT, &req.rollout_id, summary, &steer).await?;
@@ -552,15 +570,19 @@ impl RolloutService for RolloutApi {
         let id = req.rollout_id.clone();
         let reader = self.reader().clone();
         let steer = move |loaded: &mut Loaded, now| {
-            // A node that moved on to another rollout is that rollout's now.
-            let busy = records::active_nodes(&reader).map_err(record_status)?;
-            let taken: Vec<String> = loaded
-                .rollout
-                .nodes()
-                .filter(|(n, e)| e.attempt > 0 && busy.get(*n).is_some_and(|other| other != &id))
-                .map(|(n, _)| format!("{n} (in {})", busy.get(n).map(String::as_str).unwrap_or_default()))
-                .take(10)
-                .collect();
+            // A node that moved on to another rollout is that rollout's now:
+            // its desired state names the rollout that last commanded it.
+            let mut taken = Vec::new();
+            for node in loaded.rollout.nodes().filter(|(_, e)| e.attempt > 0).map(|(n, _)| n) {
+                let desired =
+                    crate::nodes::read_desired(&reader, node.as_str()).map_err(|e| Status::internal(e.to_string()))?;
+                if let Some((d, _)) = desired.filter(|(d, _)| d.rollout_id != id) {
+                    taken.push(format!("{node} (now in {})", d.rollout_id));
+                }
+                if taken.len() >= 10 {
+                    break;
+                }
+            }
             if !taken.is_empty() {
                 return Err(Status::failed_precondition(format!(
                     "rollout {id} cannot roll back: nodes it moved are part of another active rollout: {}; \

@@ -105,8 +105,8 @@ async fn run(client: ReplicaClient, settings: Arc<EngineSettings>) {
         tracing::info!(term, "rollout engine leading");
         if let Err(e) = lead(&client, &settings, term).await {
             tracing::warn!(error = %e, "rollout engine paused; it starts over from the stored state");
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -118,13 +118,16 @@ fn still_leading(client: &ReplicaClient, term: u64) -> bool {
 #[derive(Default)]
 struct Driver {
     rollouts: BTreeMap<String, Loaded>,
-    /// Which active rollout each node is in.
-    index: BTreeMap<NodeId, String>,
+    /// Which followed rollouts each node is in (an active one, and finished
+    /// ones while the node is in flight for them).
+    index: BTreeMap<NodeId, BTreeSet<String>>,
     /// Nodes to look at in the next step, per rollout.
     dirty: BTreeMap<String, BTreeSet<NodeId>>,
 }
 
 impl Driver {
+    /// Reads every rollout to follow again. A rollout that cannot be read
+    /// is logged and left alone; the others go on.
     fn reload_all(&mut self, client: &ReplicaClient) -> Result<(), RecordError> {
         self.rollouts.clear();
         self.index.clear();
@@ -132,36 +135,45 @@ impl Driver {
         for (header, _) in records::read_headers(client.reader())? {
             let in_flight: usize = header.counts.iter().map(|c| c.in_flight).sum();
             if !header.phase.is_terminal() || in_flight > 0 {
-                self.reload(client, &header.id)?;
+                self.reload(client, &header.id);
             }
         }
         Ok(())
     }
 
     /// (Re)reads one rollout; every node of it is looked at next step.
-    fn reload(&mut self, client: &ReplicaClient, id: &str) -> Result<(), RecordError> {
-        self.index.retain(|_, r| r != id);
+    fn reload(&mut self, client: &ReplicaClient, id: &str) {
+        for rollouts in self.index.values_mut() {
+            rollouts.remove(id);
+        }
+        self.index.retain(|_, r| !r.is_empty());
         self.dirty.remove(id);
         self.rollouts.remove(id);
-        let Some(loaded) = records::load(client.reader(), id)? else { return Ok(()) };
+        let loaded = match records::load(client.reader(), id) {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(rollout = %id, error = %e, "cannot read the rollout; it is not driven until it can be");
+                return;
+            }
+        };
         // A finished rollout is still followed while nodes it commanded
         // are in flight: their results are recorded, nothing more.
-        if loaded.rollout.is_terminal() && loaded.rollout.in_flight() == 0 {
-            return Ok(());
+        let terminal = loaded.rollout.is_terminal();
+        if terminal && loaded.rollout.in_flight() == 0 {
+            return;
         }
-        let nodes: BTreeSet<NodeId> = loaded.rollout.nodes().map(|(n, _)| n.clone()).collect();
+        let nodes: BTreeSet<NodeId> = loaded
+            .rollout
+            .nodes()
+            .filter(|(_, e)| !terminal || e.state.is_in_flight())
+            .map(|(n, _)| n.clone())
+            .collect();
         for n in &nodes {
-            self.index.insert(n.clone(), id.to_string());
+            self.index.entry(n.clone()).or_default().insert(id.to_string());
         }
         self.dirty.insert(id.to_string(), nodes);
         self.rollouts.insert(id.to_string(), loaded);
-        Ok(())
-    }
-
-    fn mark_all(&mut self) {
-        for (id, loaded) in &self.rollouts {
-            self.dirty.insert(id.clone(), loaded.rollout.nodes().map(|(n, _)| n.clone()).collect());
-        }
     }
 
     /// Notes what an applied batch touched.
@@ -182,17 +194,24 @@ impl Driver {
                 }
                 continue;
             }
+            if let Some(id) = records::parse_steer_key(&change.key) {
+                // An operator's call is done (or gave up): step again.
+                if self.rollouts.contains_key(id) {
+                    self.dirty.entry(id.to_string()).or_default();
+                }
+                continue;
+            }
             let Some((prefix, node)) = node_id_of_key(&change.key) else { continue };
             if prefix != NODES_PREFIX && prefix != SESSIONS_PREFIX {
                 continue;
             }
             let node = NodeId::new(node);
-            if let Some(rollout) = self.index.get(&node) {
-                self.dirty.entry(rollout.clone()).or_default().insert(node);
+            for rollout in self.index.get(&node).into_iter().flatten() {
+                self.dirty.entry(rollout.clone()).or_default().insert(node.clone());
             }
         }
         for id in reload {
-            self.reload(client, &id)?;
+            self.reload(client, &id);
         }
         Ok(())
     }
@@ -207,13 +226,18 @@ impl Driver {
         let now = now_ms();
         let ids: Vec<String> = self.rollouts.keys().cloned().collect();
         for id in ids {
-            let dirty = self.dirty.remove(&id).unwrap_or_default();
             let due = self.rollouts.get(&id).is_some_and(|l| {
                 l.rollout.next_wakeup().is_some_and(|t| t <= now) || l.rollout.phase() == &Phase::Pending
             });
-            if dirty.is_empty() && !due {
+            if !self.dirty.contains_key(&id) && !due {
                 continue;
             }
+            if records::steering(client.reader(), &id, now).map_err(RecordError::Store)? {
+                // An operator's call is reading the rollout: keep out of
+                // its way; its commit (or the end of its turn) wakes us.
+                continue;
+            }
+            let dirty = self.dirty.remove(&id).unwrap_or_default();
             let Some(loaded) = self.rollouts.get_mut(&id) else { continue };
             let mut pending = Pending::default();
             if loaded.rollout.phase() == &Phase::Pending {
@@ -223,12 +247,24 @@ impl Driver {
             }
             let reader = client.reader();
             for node in &dirty {
-                let record = read_node(reader, node.as_str()).map_err(node_error)?.map(|s| s.record);
-                let online = read_session(reader, node.as_str()).map_err(node_error)?.is_some();
+                let record = match read_node(reader, node.as_str()) {
+                    Ok(stored) => stored.map(|s| s.record),
+                    Err(crate::nodes::ReadNodeError::Store(e)) => return Err(RecordError::Store(e).into()),
+                    Err(e) => {
+                        // One bad node record leaves that node where it is.
+                        tracing::warn!(node = %node, error = %e, "cannot read a node record");
+                        None
+                    }
+                };
+                let online = match read_session(reader, node.as_str()) {
+                    Ok(session) => session.is_some(),
+                    Err(crate::nodes::ReadNodeError::Store(e)) => return Err(RecordError::Store(e).into()),
+                    Err(_) => false,
+                };
                 let meta = loaded.meta.entry(node.clone()).or_default();
                 let events = observe::observe(&loaded.rollout, node, meta, record.as_ref(), online, now);
                 for event in events {
-                    if let Err(e) = transition::apply(loaded, event, &mut pending) {
+                    if let Err(e) = transition::record(loaded, event, &mut pending) {
                         tracing::debug!(rollout = %id, node = %node, error = %e, "node event refused");
                     }
                 }
@@ -236,7 +272,16 @@ impl Driver {
             if let Err(e) = transition::apply(loaded, Event::Tick { now }, &mut pending) {
                 tracing::debug!(rollout = %id, error = %e, "tick refused");
             }
-            let Some(staged) = transition::stage(loaded, pending, reader, now)? else { continue };
+            let staged = match transition::stage(loaded, pending, reader, now) {
+                Ok(Some(staged)) => staged,
+                Ok(None) => continue,
+                Err(RecordError::Store(e)) => return Err(RecordError::Store(e).into()),
+                Err(e) => {
+                    tracing::error!(rollout = %id, error = %e, "cannot stage a step; reading the rollout again");
+                    self.reload(client, &id);
+                    continue;
+                }
+            };
             let ops = staged.ops.len();
             let committed = client.write_entry(Request::txn(staged.compares, staged.ops, Vec::new())).await?;
             if committed.response.succeeded {
@@ -244,26 +289,17 @@ impl Driver {
                 loaded.mark_stored(staged.header, staged.waves, staged.changed, committed.response.revision);
                 tracing::debug!(rollout = %id, ops, revision = committed.response.revision, "rollout step committed");
                 if terminal {
-                    self.reload(client, &id)?;
+                    self.reload(client, &id);
                 }
             } else {
                 // Someone else changed the rollout (an operator's call) or a
                 // node's desired state: read it again and decide afresh.
                 client.wait_applied(committed.log_index, Duration::from_secs(5)).await?;
                 tracing::debug!(rollout = %id, "rollout changed under the engine; reloading");
-                self.reload(client, &id)?;
+                self.reload(client, &id);
             }
         }
         Ok(())
-    }
-}
-
-fn node_error(e: crate::nodes::ReadNodeError) -> EngineError {
-    match e {
-        crate::nodes::ReadNodeError::Store(e) => EngineError::Record(RecordError::Store(e)),
-        crate::nodes::ReadNodeError::Record(e) => {
-            EngineError::Record(RecordError::Corrupt { key: String::new(), detail: e.to_string() })
-        }
     }
 }
 
@@ -311,7 +347,7 @@ async fn lead(client: &ReplicaClient, settings: &EngineSettings, term: u64) -> R
             }
             _ = tokio::time::sleep_until(wake) => {
                 if tokio::time::Instant::now() >= next_rescan {
-                    driver.mark_all();
+                    driver.reload_all(client)?;
                     next_rescan = tokio::time::Instant::now() + settings.rescan_every;
                 }
             }

@@ -36,6 +36,11 @@ pub const NODES_PREFIX: &str = "rollout-nodes/";
 pub const SEQUENCE_KEY: &str = "rollout-sequence";
 /// Prefix of Create idempotency keys.
 pub const REQUESTS_PREFIX: &str = "rollout-requests/";
+/// Prefix of the marks an operator's call sets while it reads and changes
+/// a rollout, so the engine holds its own steps for a moment.
+pub const STEER_PREFIX: &str = "rollout-steer/";
+/// How long a mark holds the engine at most (a call that died leaves it).
+pub const STEER_HOLD_MS: u64 = 3_000;
 
 /// Format byte in front of every record's postcard encoding.
 const FORMAT: u8 = 1;
@@ -65,6 +70,24 @@ pub fn request_key(request_id: &str) -> String {
     format!("{REQUESTS_PREFIX}{request_id}")
 }
 
+/// The mark of an operator's call on rollout `id`.
+pub fn steer_key(id: &str) -> String {
+    format!("{STEER_PREFIX}{id}")
+}
+
+/// Rollout id of a `rollout-steer/<id>` key.
+pub fn parse_steer_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key).ok()?.strip_prefix(STEER_PREFIX)
+}
+
+/// Whether an operator's call set its mark on rollout `id` less than
+/// [`STEER_HOLD_MS`] before `now`.
+pub fn steering(reader: &KvReader, id: &str, now: Millis) -> Result<bool, StoreError> {
+    let Some(kv) = reader.get(steer_key(id).as_bytes())? else { return Ok(false) };
+    let at: Millis = std::str::from_utf8(&kv.value).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    Ok(now.saturating_sub(at) < STEER_HOLD_MS)
+}
+
 /// Rollout id and node id of a `rollout-nodes/<id>/<node>` key.
 pub fn parse_node_key(key: &[u8]) -> Option<(&str, &str)> {
     let rest = std::str::from_utf8(key).ok()?.strip_prefix(NODES_PREFIX)?;
@@ -89,6 +112,12 @@ pub enum RecordError {
         key: String,
         /// What is wrong.
         detail: String,
+    },
+    /// The rollout kept changing while it was read.
+    #[error("rollout {id} changed on every read; retry")]
+    Busy {
+        /// The rollout.
+        id: String,
     },
     /// The pieces do not fit together.
     #[error("rollout {id}: {source}")]
@@ -287,7 +316,7 @@ pub fn load(reader: &KvReader, id: &str) -> Result<Option<Loaded>, RecordError> 
             None => return Ok(None),
         }
     }
-    Err(RecordError::Corrupt { key: header_key(id), detail: "changed on every read; try again".into() })
+    Err(RecordError::Busy { id: id.to_string() })
 }
 
 fn assemble(
@@ -418,9 +447,14 @@ impl Loaded {
     }
 }
 
-/// The rollout ids of every rollout that has not reached a terminal phase.
+/// The ids of every rollout that still owns nodes: not finished, or
+/// finished with nodes it commanded still in flight.
 pub fn active_ids(reader: &KvReader) -> Result<Vec<String>, RecordError> {
-    Ok(read_headers(reader)?.into_iter().filter(|(h, _)| !h.phase.is_terminal()).map(|(h, _)| h.id).collect())
+    Ok(read_headers(reader)?
+        .into_iter()
+        .filter(|(h, _)| !h.phase.is_terminal() || h.counts.iter().any(|c| c.in_flight > 0))
+        .map(|(h, _)| h.id)
+        .collect())
 }
 
 /// Which active rollout each node belongs to.

@@ -41,6 +41,15 @@ pub fn apply(loaded: &mut Loaded, event: Event, pending: &mut Pending) -> Result
     Ok(())
 }
 
+/// Records a node report without deciding anything yet (see
+/// [`crate::fleet::rollout::Rollout::record`]); a step records every report
+/// of its batch, then applies one tick.
+pub fn record(loaded: &mut Loaded, event: Event, pending: &mut Pending) -> Result<(), RolloutError> {
+    let actions = loaded.rollout.record(event)?;
+    pending.actions.extend(actions);
+    Ok(())
+}
+
 /// The writes of one step.
 #[derive(Debug)]
 pub struct Staged {
@@ -64,13 +73,23 @@ struct DesiredChange {
     generation: u64,
     /// The value stored before this step.
     original: Option<pb::DesiredState>,
-    /// The new value; None deletes it.
+    /// The new value; None deletes it. Its generation is set when the step
+    /// is staged.
     value: Option<pb::DesiredState>,
+    /// The rollout's generation for the node before this step.
+    meta_generation: u64,
 }
 
 /// Turns what the step decided into writes. Returns None when nothing
 /// changed. `now` stamps deadlines; the state machine's times come from
 /// its events.
+///
+/// Generations: a node's new desired state gets a generation above both
+/// the stored one and the store revision this step was planned at. Every
+/// earlier desired state was planned at a lower revision and committed at
+/// most at this one, so a generation is never handed out twice, even after
+/// a desired state was withdrawn (deleted). One node gets at most one new
+/// desired state per step.
 pub fn stage(
     loaded: &mut Loaded,
     pending: Pending,
@@ -78,6 +97,7 @@ pub fn stage(
     now: Millis,
 ) -> Result<Option<Staged>, RecordError> {
     let id = loaded.id().to_string();
+    let floor = reader.revision()?;
     let mut messages = Vec::new();
     let mut desired: BTreeMap<NodeId, DesiredChange> = BTreeMap::new();
     let timeout = loaded.rollout.strategy().health_timeout;
@@ -85,29 +105,33 @@ pub fn stage(
         match action {
             Action::Command { node, image, wave } => {
                 let digest = loaded.meta.get(&node).map(|m| m.target_digest.clone()).unwrap_or_default();
-                let change = change_for(&mut desired, reader, &node)?;
-                let generation = next_generation(change);
-                change.value = Some(desired_state(&id, generation, wave, &image, &digest, now + timeout, false));
+                let meta_generation = loaded.meta.get(&node).map_or(0, |m| m.generation);
+                let change = change_for(&mut desired, reader, &node, meta_generation)?;
+                change.value = Some(desired_state(&id, wave, &image, &digest, now + timeout, false));
                 let meta = loaded.meta.entry(node).or_default();
-                meta.generation = generation;
                 meta.failure_reason = 0;
                 meta.message.clear();
             }
             Action::Revert { node, image } => {
                 let wave = loaded.rollout.node(&node).map_or(0, |e| e.wave);
-                let change = change_for(&mut desired, reader, &node)?;
-                let generation = next_generation(change);
-                change.value = Some(desired_state(&id, generation, wave, &image, "", now + timeout, true));
+                let meta_generation = loaded.meta.get(&node).map_or(0, |m| m.generation);
+                let change = change_for(&mut desired, reader, &node, meta_generation)?;
+                change.value = Some(desired_state(&id, wave, &image, "", now + timeout, true));
                 let meta = loaded.meta.entry(node).or_default();
-                meta.generation = generation;
                 meta.failure_reason = 0;
                 meta.message.clear();
             }
             Action::Cancel { node } => {
-                let change = change_for(&mut desired, reader, &node)?;
-                // Only withdraw what this rollout wrote.
-                let ours = change.value.as_ref().is_some_and(|d| d.rollout_id == id);
-                if ours {
+                let meta_generation = loaded.meta.get(&node).map_or(0, |m| m.generation);
+                let change = change_for(&mut desired, reader, &node, meta_generation)?;
+                if change.value != change.original {
+                    // Commanded in this same step: the command never goes out.
+                    change.value = change.original.clone();
+                    if let Some(meta) = loaded.meta.get_mut(&node) {
+                        meta.generation = change.meta_generation;
+                    }
+                } else if change.original.as_ref().is_some_and(|d| d.rollout_id == id) {
+                    // Only withdraw what this rollout wrote.
                     change.value = None;
                 }
                 let meta = loaded.meta.entry(node).or_default();
@@ -115,6 +139,15 @@ pub fn stage(
                 meta.message = "command withdrawn: the rollout was aborted".into();
             }
             Action::Emit(event) => messages.push(describe(&event)),
+        }
+    }
+    for (node, change) in desired.iter_mut() {
+        if change.value == change.original {
+            continue;
+        }
+        if let Some(value) = change.value.as_mut() {
+            value.generation = change.generation.max(floor) + 1;
+            loaded.meta.entry(node.clone()).or_default().generation = value.generation;
         }
     }
     // Timed-out nodes get the server's failure reason.
@@ -171,6 +204,7 @@ fn change_for<'a>(
     desired: &'a mut BTreeMap<NodeId, DesiredChange>,
     reader: &KvReader,
     node: &NodeId,
+    meta_generation: u64,
 ) -> Result<&'a mut DesiredChange, RecordError> {
     if !desired.contains_key(node) {
         let stored = read_desired(reader, node.as_str()).map_err(|e| match e {
@@ -183,8 +217,9 @@ fn change_for<'a>(
                 generation: value.generation,
                 original: Some(value.clone()),
                 value: Some(value),
+                meta_generation,
             },
-            None => DesiredChange { base_revision: 0, generation: 0, original: None, value: None },
+            None => DesiredChange { base_revision: 0, generation: 0, original: None, value: None, meta_generation },
         };
         desired.insert(node.clone(), change);
     }
@@ -195,15 +230,8 @@ fn change_for<'a>(
     })
 }
 
-/// The next generation for a node: above anything stored or staged.
-fn next_generation(change: &DesiredChange) -> u64 {
-    let staged = change.value.as_ref().map_or(0, |d| d.generation);
-    change.generation.max(staged) + 1
-}
-
 fn desired_state(
     rollout: &str,
-    generation: u64,
     wave: usize,
     image: &str,
     digest: &str,
@@ -212,7 +240,7 @@ fn desired_state(
 ) -> pb::DesiredState {
     let parsed = ImageRef::parse(image).ok();
     pb::DesiredState {
-        generation,
+        generation: 0,
         rollout_id: rollout.to_string(),
         wave: u32::try_from(wave).unwrap_or(u32::MAX),
         target_image_ref: image.to_string(),

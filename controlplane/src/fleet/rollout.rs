@@ -91,6 +91,8 @@ struct Cx {
     now: Millis,
     actions: Vec<Action>,
     changed: bool,
+    /// Record node reports only; decide nothing (see [`Rollout::record`]).
+    hold: bool,
 }
 
 impl Cx {
@@ -398,7 +400,7 @@ impl Rollout {
     pub fn next_wakeup(&self) -> Option<Millis> {
         let mut times = Vec::new();
         match &self.phase {
-            Phase::Pending | Phase::Aborted { .. } | Phase::Completed | Phase::RolledBack => return None,
+            Phase::Pending | Phase::Completed | Phase::RolledBack => return None,
             Phase::Baking { until } => times.push(*until),
             Phase::WaitingWindow { next_open: Some(t) } => times.push(*t),
             Phase::Running => times.extend(self.offline_grace_deadline()),
@@ -421,7 +423,28 @@ impl Rollout {
     /// last applied one is treated as happening at that time, so a new leader
     /// with a lagging clock cannot undo a timeout or a bake.
     pub fn apply(&mut self, event: Event) -> Result<Vec<Action>, RolloutError> {
-        let mut cx = Cx { now: event.now().max(self.updated_at), actions: Vec::new(), changed: false };
+        self.apply_with(event, false)
+    }
+
+    /// Records a node report ([`Event::NodeStatus`] or [`Event::NodeOnline`])
+    /// without deciding anything: no command, no judgement. An engine that
+    /// takes in a batch of reports records them all, then applies one
+    /// [`Event::Tick`], so no command goes out on a state the next report of
+    /// the same batch would have stopped (a failure tripping the threshold,
+    /// a node gone offline). Other events are refused.
+    pub fn record(&mut self, event: Event) -> Result<Vec<Action>, RolloutError> {
+        match event {
+            Event::NodeStatus { .. } | Event::NodeOnline { .. } => self.apply_with(event, true),
+            other => Err(RolloutError::InvalidTransition {
+                event: other.name(),
+                phase: self.phase.name(),
+                way_out: "only node reports are recorded without a decision; apply the event instead",
+            }),
+        }
+    }
+
+    fn apply_with(&mut self, event: Event, hold: bool) -> Result<Vec<Action>, RolloutError> {
+        let mut cx = Cx { now: event.now().max(self.updated_at), actions: Vec::new(), changed: false, hold };
         // Every handler checks first and mutates after, so an error leaves
         // the state untouched without cloning it.
         match event {
@@ -430,7 +453,9 @@ impl Rollout {
             Event::NodeStatus { node, status, .. } => self.node_status(node, status, &mut cx)?,
             Event::NodeOnline { node, online, .. } => self.node_online(node, online, &mut cx)?,
             Event::Pause { reason, .. } => self.pause(reason, &mut cx)?,
-            Event::Resume { retry_failed, .. } => self.resume(retry_failed, &mut cx)?,
+            Event::Resume { accept_failures, retry_failed, .. } => {
+                self.resume(accept_failures, retry_failed, &mut cx)?
+            }
             Event::Abort { reason, .. } => self.abort(reason, &mut cx)?,
             Event::Approve { wave, .. } => self.approve(wave, &mut cx)?,
             Event::Rollback { .. } => self.rollback(&mut cx)?,

@@ -71,8 +71,9 @@ struct Watcher {
     reader: KvReader,
     request: WatchRequest,
     tx: mpsc::Sender<Result<pb::RolloutEvent, Status>>,
-    /// The last header sent per rollout, to tell what kind of change came.
-    known: HashMap<String, Header>,
+    /// The last header sent per rollout and its revision, to tell what kind
+    /// of change came and to drop changes the snapshot already showed.
+    known: HashMap<String, (Header, u64)>,
     /// Revision of the last batch fully sent: where to resume.
     sent: u64,
 }
@@ -153,7 +154,7 @@ impl Watcher {
                 continue;
             }
             let event = event(pb::RolloutEventKind::Existing, Some(rollout_to_pb(&header, mod_revision)), revision);
-            self.known.insert(header.id.clone(), header);
+            self.known.insert(header.id.clone(), (header, mod_revision));
             self.send(event).await?;
         }
         self.send(event(pb::RolloutEventKind::Synced, None, revision)).await?;
@@ -183,10 +184,15 @@ impl Watcher {
                         continue;
                     }
                 };
-                let kind = classify(self.known.get(id), &header, kv.create_revision == kv.mod_revision);
+                if self.known.get(id).is_some_and(|(_, seen)| kv.mod_revision <= *seen) {
+                    // The snapshot already showed this rollout newer.
+                    continue;
+                }
+                let before = self.known.get(id).map(|(h, _)| h);
+                let kind = classify(before, &header, kv.create_revision == kv.mod_revision);
                 let mut ev = event(kind, Some(rollout_to_pb(&header, kv.mod_revision)), revision);
                 ev.messages.clone_from(&header.messages);
-                self.known.insert(id.to_string(), header);
+                self.known.insert(id.to_string(), (header, kv.mod_revision));
                 self.send(ev).await?;
             } else if self.request.include_nodes {
                 let Some((id, node)) = records::parse_node_key(&change.key) else { continue };
@@ -201,7 +207,7 @@ impl Watcher {
             }
         }
         for (id, node) in node_events {
-            let rollout = self.known.get(&id).map(|h| rollout_to_pb(h, 0));
+            let rollout = self.known.get(&id).map(|(h, r)| rollout_to_pb(h, *r));
             let mut ev = event(pb::RolloutEventKind::NodeChanged, rollout, revision);
             ev.node = Some(node);
             self.send(ev).await?;

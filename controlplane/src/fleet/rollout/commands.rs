@@ -91,7 +91,12 @@ impl Rollout {
         Ok(())
     }
 
-    pub(super) fn resume(&mut self, retry_failed: bool, cx: &mut Cx) -> Result<(), RolloutError> {
+    pub(super) fn resume(
+        &mut self,
+        accept_failures: bool,
+        retry_failed: bool,
+        cx: &mut Cx,
+    ) -> Result<(), RolloutError> {
         match self.phase {
             Phase::Paused { .. } => {}
             Phase::Pending => return Err(self.refuse("resume", "it has not started; Start it")),
@@ -116,13 +121,14 @@ impl Rollout {
                     }
                     retried.push(id);
                 }
-                // Failures present at resume were seen by the operator and do
-                // not trip the threshold again.
-                _ => {
+                // Failures the operator accepted do not trip the threshold
+                // again; others are judged afresh.
+                _ if accept_failures => {
                     if let Some(e) = self.nodes.get_mut(&id) {
                         e.failure_acknowledged = true;
                     }
                 }
+                _ => {}
             }
         }
         // Running is provisional: progress works out the real phase.

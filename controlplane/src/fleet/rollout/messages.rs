@@ -87,6 +87,11 @@ pub enum Event {
     },
     /// Operator: continue a paused rollout.
     Resume {
+        /// Count the failures so far as seen and accepted: they no longer
+        /// trip the failure threshold. Without it the threshold is judged
+        /// again on resume (so resuming an operator's pause cannot slip
+        /// past failures nobody looked at).
+        accept_failures: bool,
         /// Re-command the failed and timed-out nodes of the latest wave.
         retry_failed: bool,
         /// Time of the event.

@@ -29,9 +29,14 @@ fn threshold_reason(wave: usize, failed: &[NodeId], total: usize, threshold: Fai
 impl Rollout {
     /// Does whatever is due at `cx.now`.
     pub(super) fn progress(&mut self, cx: &mut Cx) {
+        if cx.hold {
+            return;
+        }
         match self.phase {
-            Phase::Pending | Phase::Aborted { .. } | Phase::Completed | Phase::RolledBack => {}
-            Phase::Paused { .. } => self.expire_timeouts(cx),
+            Phase::Pending | Phase::Completed | Phase::RolledBack => {}
+            // Nodes still upgrading after an abort get their timeout, so the
+            // record of what they did ends.
+            Phase::Paused { .. } | Phase::Aborted { .. } => self.expire_timeouts(cx),
             Phase::RollingBack => {
                 self.expire_timeouts(cx);
                 self.dispatch_reverts(cx);

@@ -173,7 +173,7 @@ fn event_for(op: &Op, r: &Rollout, n_nodes: usize, now: &mut Millis) -> Event {
         Op::Report(i, s) => Event::NodeStatus { node: node(i), status: report(s), now: now_v },
         Op::Online(i, online) => Event::NodeOnline { node: node(i), online, now: now_v },
         Op::Pause => Event::Pause { reason: "operator".into(), now: now_v },
-        Op::Resume(retry_failed) => Event::Resume { retry_failed, now: now_v },
+        Op::Resume(retry_failed) => Event::Resume { accept_failures: true, retry_failed, now: now_v },
         Op::Abort => Event::Abort { reason: "operator".into(), now: now_v },
         Op::Approve(wave) => Event::Approve { wave, now: now_v },
         Op::Rollback => Event::Rollback { now: now_v },
@@ -338,7 +338,7 @@ proptest! {
             // operator here chooses to go on.
             if let Phase::Paused { reason } = r.phase() {
                 prop_assert!(reason.contains("no healthy node"), "unexpected pause: {reason}");
-                r.apply(Event::Resume { retry_failed: false, now }).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                r.apply(Event::Resume { accept_failures: true, retry_failed: false, now }).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 continue;
             }
             // Let a little time pass on steps where nothing is due, so nodes

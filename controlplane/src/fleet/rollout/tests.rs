@@ -198,7 +198,7 @@ fn resume_after_fixing_continues() {
     let mut h = Harness::new(strategy(), &[&["canary"], &["a", "b", "c"]]);
     h.start();
     h.after(MINUTE).fail("canary");
-    let acts = h.after(HOUR).apply(|now| Event::Resume { retry_failed: true, now });
+    let acts = h.after(HOUR).apply(|now| Event::Resume { accept_failures: true, retry_failed: true, now });
     assert_eq!(commanded(&acts), ["canary"], "the failed canary is re-commanded");
     assert!(emitted(&acts).contains(&RolloutEvent::Resumed { retried: vec![id("canary")] }));
     assert_eq!(h.r.node(&id("canary")).unwrap().attempt, 2);
@@ -214,7 +214,7 @@ fn resume_without_retry_acknowledges_failures_so_they_do_not_trip_again() {
     let mut h = Harness::new(strategy(), &[&["canary"], &["a", "b"]]);
     h.start();
     h.after(MINUTE).fail("canary");
-    let acts = h.after(MINUTE).apply(|now| Event::Resume { retry_failed: false, now });
+    let acts = h.after(MINUTE).apply(|now| Event::Resume { accept_failures: true, retry_failed: false, now });
     assert!(commanded(&acts).is_empty());
     assert!(emitted(&acts).contains(&RolloutEvent::WaveCompleted { wave: 0, healthy: 0, failed: 1, deferred: 0 }));
     assert!(matches!(h.r.phase(), Phase::Baking { .. }));
@@ -469,7 +469,7 @@ fn wave_with_only_deferred_nodes_pauses_for_lack_of_evidence() {
     let Phase::Paused { reason } = h.r.phase() else { panic!("expected a pause, got {:?}", h.r.phase()) };
     assert!(reason.contains("no healthy node"), "{reason}");
     assert!(h.at(T0 + 2 * HOUR).tick().is_empty(), "the next wave waits for the operator");
-    let acts = h.at(T0 + 2 * HOUR).apply(|now| Event::Resume { retry_failed: false, now });
+    let acts = h.at(T0 + 2 * HOUR).apply(|now| Event::Resume { accept_failures: true, retry_failed: false, now });
     assert_eq!(commanded(&acts), ["z"], "after resume the rollout continues once the bake is over");
 }
 
@@ -525,7 +525,7 @@ fn pause_stops_new_commands_while_in_flight_nodes_keep_reporting() {
     assert!(acts.is_empty());
     assert!(matches!(h.state("a"), NodeState::Healthy { .. }), "the report is recorded");
     assert!(h.after(HOUR).tick().is_empty());
-    let acts = h.after(MINUTE).apply(|now| Event::Resume { retry_failed: false, now });
+    let acts = h.after(MINUTE).apply(|now| Event::Resume { accept_failures: true, retry_failed: false, now });
     assert_eq!(commanded(&acts), ["b"]);
     assert_eq!(h.r.phase(), &Phase::Running);
 }
@@ -547,7 +547,7 @@ fn pause_during_bake_resumes_into_the_rest_of_the_bake() {
     h.start();
     h.at(T0 + MINUTE).healthy("canary");
     h.at(T0 + 2 * MINUTE).apply(|now| Event::Pause { reason: "x".into(), now });
-    let acts = h.at(T0 + 3 * MINUTE).apply(|now| Event::Resume { retry_failed: false, now });
+    let acts = h.at(T0 + 3 * MINUTE).apply(|now| Event::Resume { accept_failures: true, retry_failed: false, now });
     assert_eq!(h.r.phase(), &Phase::Baking { until: T0 + 11 * MINUTE });
     assert_eq!(wave_started(&acts), None);
     assert_eq!(wave_started(&h.at(T0 + 11 * MINUTE).tick()), Some(1));
@@ -559,7 +559,7 @@ fn invalid_transitions_name_the_phase_and_the_way_out() {
     let before = h.r.clone();
     for (event, phase, hint) in [
         (Event::Pause { reason: String::new(), now: T0 }, "pending", "Start it"),
-        (Event::Resume { retry_failed: false, now: T0 }, "pending", "Start it"),
+        (Event::Resume { accept_failures: true, retry_failed: false, now: T0 }, "pending", "Start it"),
         (Event::Rollback { now: T0 }, "pending", "Abort it instead"),
         (Event::Approve { wave: 1, now: T0 }, "pending", "awaiting approval"),
     ] {
@@ -574,12 +574,12 @@ fn invalid_transitions_name_the_phase_and_the_way_out() {
         err.to_string(),
         "cannot start a rollout that is running: it has already started; Pause, Abort or Rollback change its course"
     );
-    let err = h.try_apply(|now| Event::Resume { retry_failed: true, now }).unwrap_err();
+    let err = h.try_apply(|now| Event::Resume { accept_failures: true, retry_failed: true, now }).unwrap_err();
     assert!(err.to_string().contains("not paused; Pause it first"), "{err}");
     h.apply(|now| Event::Pause { reason: String::new(), now });
     let err = h.try_apply(|now| Event::Pause { reason: String::new(), now }).unwrap_err();
     assert!(err.to_string().contains("paused: it is already paused; Resume continues it"), "{err}");
-    h.apply(|now| Event::Resume { retry_failed: false, now });
+    h.apply(|now| Event::Resume { accept_failures: true, retry_failed: false, now });
     h.healthy("a");
     assert_eq!(h.r.phase(), &Phase::Completed);
     let err = h.try_apply(|now| Event::Abort { reason: String::new(), now }).unwrap_err();
@@ -736,7 +736,7 @@ fn retried_node_of_a_finished_wave_joins_the_next_wave() {
     let acts = h.healthy("b");
     assert!(emitted(&acts).contains(&RolloutEvent::WaveCompleted { wave: 0, healthy: 1, failed: 1, deferred: 0 }));
     h.after(MINUTE).apply(|now| Event::Pause { reason: "retry a".into(), now });
-    let acts = h.apply(|now| Event::Resume { retry_failed: true, now });
+    let acts = h.apply(|now| Event::Resume { accept_failures: true, retry_failed: true, now });
     assert!(commanded(&acts).is_empty(), "wave 0 is finished and wave 1 still bakes");
     assert_eq!(h.r.node(&id("a")).unwrap().wave, 1);
     let acts = h.after(10 * MINUTE).tick();
@@ -757,4 +757,56 @@ fn a_rollout_taken_apart_and_put_back_together_is_the_same() {
     let mut unlisted = h.r.clone().into_parts();
     unlisted.waves[1].nodes.retain(|n| n != &id("c"));
     assert!(matches!(Rollout::from_parts(unlisted), Err(RolloutError::InvalidNode { node, .. }) if node == id("c")));
+}
+
+#[test]
+fn recorded_reports_decide_nothing_until_the_tick_which_sees_the_whole_batch() {
+    // Wave 0: a healthy canary frees a slot at the same time as another
+    // canary fails; the batch must pause before anything new is sent.
+    let mut s = strategy();
+    s.max_unavailable = 2;
+    let mut h = Harness::new(s, &[&["a", "b", "c"], &["d"]]);
+    let started = h.start();
+    assert_eq!(commanded(&started), ["a", "b"]);
+    h.after(MINUTE);
+    let now = h.now;
+    let first = h.r.record(Event::NodeStatus { node: id("a"), status: NodeReport::Healthy, now }).unwrap();
+    assert!(commanded(&first).is_empty(), "recording commands nothing: {first:?}");
+    let failed = NodeReport::Failed { reason: "fallback boot".into() };
+    h.r.record(Event::NodeStatus { node: id("b"), status: failed, now }).unwrap();
+    let tick = h.tick();
+    assert!(commanded(&tick).is_empty(), "the tripped threshold stops dispatch: {tick:?}");
+    assert!(matches!(h.r.phase(), Phase::Paused { .. }), "{:?}", h.r.phase());
+    assert_eq!(h.state("c"), &NodeState::Pending);
+    assert!(h.r.record(Event::Tick { now }).is_err(), "only node reports are recorded");
+}
+
+#[test]
+fn resuming_without_accepting_failures_judges_the_threshold_again() {
+    let mut h = Harness::new(strategy(), &[&["a", "b"], &["c"]]);
+    h.start();
+    h.apply(|now| Event::Pause { reason: "look first".into(), now });
+    // Both canaries fail while the rollout is paused by an operator.
+    h.after(MINUTE).fail("a");
+    h.fail("b");
+    let acts = h.apply(|now| Event::Resume { accept_failures: false, retry_failed: false, now });
+    assert!(commanded(&acts).is_empty(), "{acts:?}");
+    assert!(matches!(h.r.phase(), Phase::Paused { reason } if reason.contains("threshold")), "{:?}", h.r.phase());
+    // Accepting them lets the rollout go on.
+    h.apply(|now| Event::Resume { accept_failures: true, retry_failed: false, now });
+    let after_bake = h.after(10 * MINUTE).tick();
+    assert_eq!(commanded(&after_bake), ["c"], "{:?}", h.r.phase());
+}
+
+#[test]
+fn nodes_in_flight_after_an_abort_still_time_out() {
+    let mut h = Harness::new(strategy(), &[&["a"], &["b"]]);
+    h.start();
+    h.after(MINUTE).report("a", NodeReport::Installing);
+    h.apply(|now| Event::Abort { reason: "stop".into(), now });
+    assert_eq!(h.r.in_flight(), 1, "the installing node keeps going");
+    let wake = h.r.next_wakeup().expect("its health timeout is still due");
+    h.at(wake).tick();
+    assert!(matches!(h.state("a"), NodeState::TimedOut { .. }), "{:?}", h.state("a"));
+    assert_eq!(h.r.in_flight(), 0);
 }
