@@ -1,7 +1,8 @@
 //! `kairos.fleet.v1.ReleaseService`: the catalog of upgrade images,
 //! stored under `releases/<image ref>` as JSON [`ReleaseRecord`]s. An image
 //! is stored together with its audit entry; adding one already there
-//! changes nothing and is not audited.
+//! changes nothing and is not audited. SyncReleases adds what a registry
+//! lists (`sync`), through the same path as AddRelease (`catalog`).
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -22,8 +23,12 @@ use crate::raft::MAX_MESSAGE_BYTES;
 use crate::replica::ReplicaClient;
 
 mod catalog;
+pub mod registry;
+mod sync;
+mod tags;
 
 use catalog::Stored;
+pub use registry::{parse_registry_host, RegistrySettings};
 
 /// Key prefix of the catalog in the replicated store.
 pub const RELEASES_PREFIX: &str = "releases/";
@@ -156,12 +161,19 @@ fn position(release: &str, image_ref: &str) -> Position {
 #[derive(Clone)]
 pub struct ReleaseApi {
     client: ReplicaClient,
+    registry: RegistrySettings,
 }
 
 impl ReleaseApi {
-    /// The service answering through `client`'s replica.
+    /// The service answering through `client`'s replica; SyncReleases
+    /// reaches registries over HTTPS only.
     pub fn new(client: ReplicaClient) -> Self {
-        ReleaseApi { client }
+        ReleaseApi { client, registry: RegistrySettings::default() }
+    }
+
+    /// The same service, reaching registries with `settings`.
+    pub fn with_registry(self, settings: RegistrySettings) -> Self {
+        ReleaseApi { registry: settings, ..self }
     }
 
     /// The tonic server wrapper with the replica's message limits.
@@ -328,14 +340,16 @@ impl ReleaseService for ReleaseApi {
         }))
     }
 
+    /// Lists the registry's tags and adds every upgrade image not yet in
+    /// the catalog; the `sync` module tells the order of work.
     async fn sync_releases(
         &self,
         request: Request<pb::SyncReleasesRequest>,
     ) -> Result<Response<pb::SyncReleasesResponse>, Status> {
-        authorize(self.client.reader(), &request, Role::Operator)?;
-        Err(Status::unimplemented(
-            "SyncReleases: registry sync is not available yet; add images one at a time with AddRelease",
-        ))
+        let caller = authorize(self.client.reader(), &request, Role::Operator)?;
+        let call = Call::new(&request, method::SYNC_RELEASES, &caller);
+        let plan = sync::SyncPlan::parse(request.get_ref())?;
+        sync::sync(&self.client, &self.registry, &call, &plan).await.map(Response::new)
     }
 }
 

@@ -6,10 +6,14 @@ use std::collections::HashSet;
 
 use tonic::Status;
 
-use super::ReleaseRecord;
+use super::{ReleaseRecord, RELEASES_PREFIX};
 use crate::api::audit::{commit_with_entries, Call, Outcome, Planned};
 use crate::replica::ReplicaClient;
 use crate::store::{Compare, KvReader, Op};
+
+/// Releases per transaction: a record and its entry are about 1 KiB, so a
+/// batch stays far below the raft message limit.
+pub const BATCH: usize = 64;
 
 /// What storing a release found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +33,12 @@ pub fn read(reader: &KvReader, key: &str) -> Result<Option<ReleaseRecord>, Statu
     serde_json::from_slice(&kv.value)
         .map(Some)
         .map_err(|e| Status::internal(format!("stored release {key} does not decode: {e}")))
+}
+
+/// Whether the catalog already holds `image_ref` (this replica's applied state).
+pub fn contains(reader: &KvReader, image_ref: &str) -> Result<bool, Status> {
+    let key = format!("{RELEASES_PREFIX}{image_ref}");
+    reader.get(key.as_bytes()).map(|kv| kv.is_some()).map_err(|e| Status::internal(e.to_string()))
 }
 
 /// Stores each of `records` that is not in the catalog yet, each with the
