@@ -457,6 +457,7 @@ async fn fleet_replica(setup: &Setup) -> (kairos_controlplane::replica::ReplicaH
             ..Default::default()
         },
         node_ca: None,
+        registry: Default::default(),
     };
     let handle = kairos_controlplane::replica::Replica::start(config).await.expect("replica starts");
     let raft = handle.raft().clone();
