@@ -10,6 +10,7 @@ use std::time::Duration;
 use kairos_fleet_proto::fleet::v1::cluster_service_client::ClusterServiceClient;
 use kairos_fleet_proto::fleet::v1::AddReplicaRequest;
 
+use crate::api::release::RegistrySettings;
 use crate::raft::host_of;
 use crate::replica::{self, RaftTuning, Replica, ReplicaConfig, ReplicaError};
 use crate::security::bootstrap::{self, InitOptions, ReplicaSpec};
@@ -55,6 +56,8 @@ pub struct ServeOptions {
     pub raft: RaftTuning,
     /// Node session timing.
     pub sessions: SessionSettings,
+    /// Registries (`host[:port]`) SyncReleases may reach over plain HTTP.
+    pub registry_plain_http: Vec<String>,
 }
 
 /// Finds the replica folder `opts` points at; initialises a single-replica
@@ -144,6 +147,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         sessions: opts.sessions.clone(),
         engine: Default::default(),
         node_ca,
+        registry: RegistrySettings::with_plain_http(opts.registry_plain_http.clone()),
     };
     tracing::info!(id = file.id, %listen, advertise = %file.listen, dir = %dir.display(), "starting replica");
     let handle = Replica::start(config).await?;

@@ -458,6 +458,7 @@ async fn fleet_replica(setup: &Setup) -> (kairos_controlplane::replica::ReplicaH
         },
         engine: Default::default(),
         node_ca: None,
+        registry: Default::default(),
     };
     let handle = kairos_controlplane::replica::Replica::start(config).await.expect("replica starts");
     let raft = handle.raft().clone();

@@ -160,6 +160,9 @@ fn each_role_makes_exactly_its_calls_revocation_reaches_every_replica_and_every_
     wait_allowed(&cluster, &viewer, 3, &["cluster", "status"]);
     ok_stdout(&ctl_as(&cluster, &viewer, 3, &["releases", "list"]), "viewer releases list");
     assert_denied(&ctl_as(&cluster, &viewer, 3, &["releases", "add", RELEASE]), "operator", "viewer releases add");
+    // Refused before any registry is contacted (nothing listens on port 9).
+    let sync = ["releases", "sync", "--registry", "127.0.0.1:9", "--repo", "opensuse"];
+    assert_denied(&ctl_as(&cluster, &viewer, 2, &sync), "operator", "viewer releases sync");
     assert_denied(
         &ctl_as(&cluster, &viewer, 1, &["tokens", "create", "--role", "admin"]),
         "admin",

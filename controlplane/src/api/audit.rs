@@ -12,11 +12,14 @@
 //!
 //! - AdminService changes are committed together with their entry, in one
 //!   transaction ([`commit_with_entry`]): both or neither.
-//! - Membership changes (ClusterService) are not key-value writes, and
-//!   AddRelease keeps its own transaction; they append the entry in a second
-//!   write right after the change succeeded ([`Call::succeeded`]). A crash
-//!   between the two loses that entry; the change stands, and failing the
-//!   call at that point would misreport it, so the loss is only logged.
+//! - AddRelease and SyncReleases store each new release together with its
+//!   entry, one entry per release, many releases per transaction
+//!   ([`commit_with_entries`]).
+//! - Membership changes (ClusterService) are not key-value writes; they
+//!   append the entry in a second write right after the change succeeded
+//!   ([`Call::succeeded`]). A crash between the two loses that entry; the
+//!   change stands, and failing the call at that point would misreport it,
+//!   so the loss is only logged.
 //! - Failed and denied AdminService calls get an entry too (a second
 //!   write). Unauthenticated calls do not: anyone who can reach the port
 //!   could fill the replicated log with them; they are logged locally.
@@ -69,6 +72,8 @@ pub mod method {
     pub const REMOVE_REPLICA: &str = "/kairos.fleet.v1.ClusterService/RemoveReplica";
     /// `ReleaseService/AddRelease`.
     pub const ADD_RELEASE: &str = "/kairos.fleet.v1.ReleaseService/AddRelease";
+    /// `ReleaseService/SyncReleases`.
+    pub const SYNC_RELEASES: &str = "/kairos.fleet.v1.ReleaseService/SyncReleases";
     /// `NodeService/Enroll`.
     pub const ENROLL: &str = "/kairos.fleet.v1.NodeService/Enroll";
     /// RolloutService.Create.
@@ -222,6 +227,11 @@ impl Call {
         &self.caller
     }
 
+    /// The full gRPC method of the call.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+
     /// The entry for this call with `outcome`, not yet sequenced.
     pub fn entry(&self, outcome: Outcome, error: Option<&Status>, replica_id: u64) -> AuditRecord {
         AuditRecord {
@@ -310,9 +320,31 @@ pub async fn commit_with_entry<T>(
     entry: AuditRecord,
     mut plan: impl FnMut(&KvReader) -> Result<Planned<T>, Status>,
 ) -> Result<T, Status> {
+    let method = entry.method.clone();
+    commit_with_entries(client, &method, |reader| {
+        let planned = plan(reader)?;
+        let mut entry = entry.clone();
+        if !planned.target.is_empty() {
+            entry.target.clone_from(&planned.target);
+        }
+        Ok((planned, vec![entry]))
+    })
+    .await
+}
+
+/// Commits the change `plan` makes together with the audit entries it
+/// returns (sequenced in that order), in one transaction, with the retries
+/// of [`commit_with_entry`]; the plan's `target` is not used. A plan with
+/// neither ops nor entries changes nothing and is not written. `method`
+/// names the call in the error when the retries run out.
+pub async fn commit_with_entries<T>(
+    client: &ReplicaClient,
+    method: &str,
+    mut plan: impl FnMut(&KvReader) -> Result<(Planned<T>, Vec<AuditRecord>), Status>,
+) -> Result<T, Status> {
     let mut confirmed = false;
     for _ in 0..MAX_ATTEMPTS {
-        let planned = match plan(client.reader()) {
+        let (planned, entries) = match plan(client.reader()) {
             Err(status) if status.code() == Code::NotFound && !confirmed => {
                 client.read_linearizable().await.map_err(read_status)?;
                 confirmed = true;
@@ -320,28 +352,31 @@ pub async fn commit_with_entry<T>(
             }
             other => other?,
         };
-        let (sequence, counter_revision) = next_sequence(client.reader())?;
-        let mut entry = entry.clone();
-        entry.sequence = sequence;
-        if !planned.target.is_empty() {
-            entry.target = planned.target;
+        if planned.ops.is_empty() && entries.is_empty() {
+            return Ok(planned.value);
         }
-        let value = serde_json::to_vec(&entry).map_err(|e| Status::internal(format!("encoding audit entry: {e}")))?;
         let mut compares = planned.compares;
-        compares.push(Compare::mod_revision(AUDIT_SEQUENCE_KEY, CompareOp::Equal, counter_revision));
         let mut ops = planned.ops;
-        ops.push(Op::put(audit_key(sequence), value));
-        ops.push(Op::put(AUDIT_SEQUENCE_KEY, sequence.to_string()));
+        if !entries.is_empty() {
+            let (first, counter_revision) = next_sequence(client.reader())?;
+            compares.push(Compare::mod_revision(AUDIT_SEQUENCE_KEY, CompareOp::Equal, counter_revision));
+            let mut last = first;
+            for (sequence, mut entry) in (first..).zip(entries) {
+                entry.sequence = sequence;
+                let value =
+                    serde_json::to_vec(&entry).map_err(|e| Status::internal(format!("encoding audit entry: {e}")))?;
+                ops.push(Op::put(audit_key(sequence), value));
+                last = sequence;
+            }
+            ops.push(Op::put(AUDIT_SEQUENCE_KEY, last.to_string()));
+        }
         let committed = client.write_entry(Write::txn(compares, ops, Vec::new())).await.map_err(write_status)?;
         if committed.response.succeeded {
             return Ok(planned.value);
         }
         client.wait_applied(committed.log_index, APPLY_TIMEOUT).await.map_err(read_status)?;
     }
-    Err(Status::aborted(format!(
-        "{}: the state it depends on changed {MAX_ATTEMPTS} times while it ran; retry",
-        entry.method
-    )))
+    Err(Status::aborted(format!("{method}: the state it depends on changed {MAX_ATTEMPTS} times while it ran; retry")))
 }
 
 #[cfg(test)]

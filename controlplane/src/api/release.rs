@@ -1,7 +1,8 @@
 //! `kairos.fleet.v1.ReleaseService`: the catalog of upgrade images,
-//! stored under `releases/<image ref>` as JSON [`ReleaseRecord`]s. Adding
-//! an image appends an audit entry after it is stored; adding one already
-//! there changes nothing and is not audited.
+//! stored under `releases/<image ref>` as JSON [`ReleaseRecord`]s. An image
+//! is stored together with its audit entry; adding one already there
+//! changes nothing and is not audited. SyncReleases adds what a registry
+//! lists (`sync`), through the same path as AddRelease (`catalog`).
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -15,12 +16,19 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
-use super::{read_status, wants_linearizable, write_status};
+use super::{read_status, wants_linearizable};
 use crate::fleet::image::{ImageRef, TagGrammar};
 use crate::fleet::policy::{support_status, SupportStatus};
 use crate::raft::MAX_MESSAGE_BYTES;
 use crate::replica::ReplicaClient;
-use crate::store::{Compare, Op, Request as Write};
+
+mod catalog;
+pub mod registry;
+mod sync;
+mod tags;
+
+use catalog::Stored;
+pub use registry::{parse_registry_host, RegistrySettings};
 
 /// Key prefix of the catalog in the replicated store.
 pub const RELEASES_PREFIX: &str = "releases/";
@@ -29,8 +37,6 @@ const MAX_REF_LEN: usize = 512;
 /// Page size when the request asks for 0, and the largest honoured.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
-/// How long AddRelease waits to read back a release another call stored.
-const READ_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One catalog entry as stored (serde_json): the parsed parts of the
 /// reference, so listing and filtering need no re-parsing.
@@ -69,6 +75,12 @@ pub struct ReleaseRecord {
 impl ReleaseRecord {
     /// The record for a parsed upgrade target, added now by hand.
     pub fn manual(image: &ImageRef, digest: Option<&str>) -> Self {
+        Self::new(image, digest, "manual")
+    }
+
+    /// The record for a parsed upgrade target, added now from `source`
+    /// (`manual` or `sync:<registry>/<org>`); `digest` wins over the reference's.
+    pub fn new(image: &ImageRef, digest: Option<&str>, source: &str) -> Self {
         let family = image.family();
         let reference = image.to_string();
         let image_ref = reference.split_once('@').map_or(reference.as_str(), |(r, _)| r).to_owned();
@@ -86,7 +98,7 @@ impl ReleaseRecord {
             trusted_boot: image.trusted_boot(),
             grammar: image.grammar().as_str().to_owned(),
             added_at_ms: jiff::Timestamp::now().as_millisecond(),
-            source: "manual".to_owned(),
+            source: source.to_owned(),
         }
     }
 
@@ -149,12 +161,19 @@ fn position(release: &str, image_ref: &str) -> Position {
 #[derive(Clone)]
 pub struct ReleaseApi {
     client: ReplicaClient,
+    registry: RegistrySettings,
 }
 
 impl ReleaseApi {
-    /// The service answering through `client`'s replica.
+    /// The service answering through `client`'s replica; SyncReleases
+    /// reaches registries over HTTPS only.
     pub fn new(client: ReplicaClient) -> Self {
-        ReleaseApi { client }
+        ReleaseApi { client, registry: RegistrySettings::default() }
+    }
+
+    /// The same service, reaching registries with `settings`.
+    pub fn with_registry(self, settings: RegistrySettings) -> Self {
+        ReleaseApi { registry: settings, ..self }
     }
 
     /// The tonic server wrapper with the replica's message limits.
@@ -162,15 +181,6 @@ impl ReleaseApi {
         ReleaseServiceServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
-    }
-
-    fn stored(&self, key: &str) -> Result<Option<ReleaseRecord>, Status> {
-        let Some(kv) = self.client.reader().get(key.as_bytes()).map_err(|e| Status::internal(e.to_string()))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&kv.value)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("stored release {key} does not decode: {e}")))
     }
 
     /// Every record in the catalog, from the local applied state.
@@ -314,36 +324,32 @@ impl ReleaseService for ReleaseApi {
                 created: false,
             }));
         }
-        let key = record.key();
-        let value = serde_json::to_vec(&record).map_err(|e| Status::internal(format!("encode {key}: {e}")))?;
-        // Put only if absent: concurrent adds of one image agree on one record.
-        let write = Write::txn(vec![Compare::missing(key.as_str())], vec![Op::put(key.as_str(), value)], Vec::new());
-        let committed = self.client.write_entry(write).await.map_err(write_status)?;
-        if committed.response.succeeded {
-            tracing::info!(image_ref = %record.image_ref, "release added");
-            let summary = format!("image_ref={} digest={}", req.image_ref.trim(), req.digest.trim());
-            call.about(format!("release/{}", record.image_ref), summary).succeeded(&self.client).await;
-            let release = record.to_proto(pb::SupportStatus::Unspecified);
-            return Ok(Response::new(pb::AddReleaseResponse { release: Some(release), created: true }));
-        }
-        // Already there: answer with the stored record, once it is applied here.
-        self.client.wait_applied(committed.log_index, READ_BACK_TIMEOUT).await.map_err(read_status)?;
-        let stored =
-            self.stored(&key)?.ok_or_else(|| Status::aborted(format!("{key} was removed meanwhile; retry")))?;
+        let summary = |_: &ReleaseRecord| format!("image_ref={} digest={}", req.image_ref.trim(), req.digest.trim());
+        let stored = catalog::store(&self.client, &call, std::slice::from_ref(&record), summary).await?;
+        let (release, created) = match stored.into_iter().next() {
+            Some(Stored::Created(record)) => {
+                tracing::info!(image_ref = %record.image_ref, "release added");
+                (record, true)
+            }
+            Some(Stored::Existing(record)) => (record, false),
+            None => return Err(Status::internal("storing one release answered for none")),
+        };
         Ok(Response::new(pb::AddReleaseResponse {
-            release: Some(stored.to_proto(pb::SupportStatus::Unspecified)),
-            created: false,
+            release: Some(release.to_proto(pb::SupportStatus::Unspecified)),
+            created,
         }))
     }
 
+    /// Lists the registry's tags and adds every upgrade image not yet in
+    /// the catalog; the `sync` module tells the order of work.
     async fn sync_releases(
         &self,
         request: Request<pb::SyncReleasesRequest>,
     ) -> Result<Response<pb::SyncReleasesResponse>, Status> {
-        authorize(self.client.reader(), &request, Role::Operator)?;
-        Err(Status::unimplemented(
-            "SyncReleases: registry sync is not available yet; add images one at a time with AddRelease",
-        ))
+        let caller = authorize(self.client.reader(), &request, Role::Operator)?;
+        let call = Call::new(&request, method::SYNC_RELEASES, &caller);
+        let plan = sync::SyncPlan::parse(request.get_ref())?;
+        sync::sync(&self.client, &self.registry, &call, &plan).await.map(Response::new)
     }
 }
 

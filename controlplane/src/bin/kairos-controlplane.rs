@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use kairos_controlplane::api::release::parse_registry_host;
 use kairos_controlplane::demo::{self, DemoOptions};
 use kairos_controlplane::replica::RaftTuning;
 use kairos_controlplane::security::bootstrap::{self, InitOptions, InitReport, ReplicaSpec};
@@ -68,6 +69,10 @@ enum Command {
         /// three intervals counts as gone.
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(200..=600_000))]
         node_heartbeat_ms: u64,
+        /// Let SyncReleases reach this registry over plain HTTP (repeat for
+        /// several); every other registry is reached over HTTPS only.
+        #[arg(long = "registry-plain-http", value_name = "HOST[:PORT]", value_parser = parse_registry_host)]
+        registry_plain_http: Vec<String>,
     },
     /// Create a new cluster's CA, replica certificates and configs, and the first admin token.
     Init {
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
             snapshot_logs,
             snapshot_keep_logs,
             node_heartbeat_ms,
+            registry_plain_http,
         } => {
             let raft = RaftTuning {
                 heartbeat_ms,
@@ -120,7 +126,7 @@ fn main() -> ExitCode {
                 snapshot_keep_logs,
             };
             let sessions = SessionSettings::with_heartbeat(Duration::from_millis(node_heartbeat_ms));
-            let opts = ServeOptions { data_dir, listen, replica_id, join, raft, sessions };
+            let opts = ServeOptions { data_dir, listen, replica_id, join, raft, sessions, registry_plain_http };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -18,6 +18,9 @@ pub enum InitSystem {
 pub struct FlavorSpec {
     /// Flavor id as used in v1.x repositories and `/etc/os-release`.
     pub id: &'static str,
+    /// Repository of the flavor's images from Kairos v2.4 on, named after
+    /// the distribution it is built from (e.g. `alpine` for `alpine-arm-rpi`).
+    pub distribution: &'static str,
     /// Human description, from the seed table.
     pub description: &'static str,
     /// The upstream OS branch the flavor is pinned to.
@@ -61,6 +64,7 @@ pub const DEFAULT_REGISTRY_PREFIX: &str = "quay.io/kairos";
 pub const SEED_FLAVORS: [FlavorSpec; 8] = [
     FlavorSpec {
         id: "opensuse",
+        distribution: "opensuse",
         description: "openSUSE based",
         upstream: "openSUSE Leap 15.4",
         arch: Arch::Amd64,
@@ -69,6 +73,7 @@ pub const SEED_FLAVORS: [FlavorSpec; 8] = [
     },
     FlavorSpec {
         id: "ubuntu",
+        distribution: "ubuntu",
         description: "Ubuntu based (rolling)",
         upstream: "latest Ubuntu release",
         arch: Arch::Amd64,
@@ -77,6 +82,7 @@ pub const SEED_FLAVORS: [FlavorSpec; 8] = [
     },
     FlavorSpec {
         id: "ubuntu-22-lts",
+        distribution: "ubuntu",
         description: "Ubuntu based (22 LTS)",
         upstream: "Ubuntu 22.04",
         arch: Arch::Amd64,
@@ -85,6 +91,7 @@ pub const SEED_FLAVORS: [FlavorSpec; 8] = [
     },
     FlavorSpec {
         id: "ubuntu-20-lts",
+        distribution: "ubuntu",
         description: "Ubuntu based (20 LTS)",
         upstream: "Ubuntu 20.04",
         arch: Arch::Amd64,
@@ -93,6 +100,7 @@ pub const SEED_FLAVORS: [FlavorSpec; 8] = [
     },
     FlavorSpec {
         id: "alpine-opensuse-leap",
+        distribution: "alpine",
         description: "Alpine Linux based (openSUSE kernel)",
         upstream: "Alpine Linux with the openSUSE Leap kernel",
         arch: Arch::Amd64,
@@ -101,6 +109,7 @@ pub const SEED_FLAVORS: [FlavorSpec; 8] = [
     },
     FlavorSpec {
         id: "alpine-ubuntu",
+        distribution: "alpine",
         description: "Alpine Linux based (Ubuntu kernel)",
         upstream: "Alpine Linux with the Ubuntu kernel",
         arch: Arch::Amd64,
@@ -109,6 +118,7 @@ pub const SEED_FLAVORS: [FlavorSpec; 8] = [
     },
     FlavorSpec {
         id: "opensuse-arm-rpi",
+        distribution: "opensuse",
         description: "openSUSE based (Raspberry Pi 3 and 4, arm64)",
         upstream: "openSUSE Leap 15.4",
         arch: Arch::Arm64,
@@ -117,6 +127,7 @@ pub const SEED_FLAVORS: [FlavorSpec; 8] = [
     },
     FlavorSpec {
         id: "alpine-arm-rpi",
+        distribution: "alpine",
         description: "Alpine Linux based (Raspberry Pi 3 and 4, arm64)",
         upstream: "Alpine Linux",
         arch: Arch::Arm64,
@@ -133,6 +144,19 @@ pub fn seed_flavor(id: &str) -> Option<&'static FlavorSpec> {
 /// Every image family of the seed matrix: 8 flavors × core/standard.
 pub fn seed_families() -> Vec<ImageFamily> {
     SEED_FLAVORS.iter().flat_map(|f| [f.family(Variant::Core), f.family(Variant::Standard)]).collect()
+}
+
+/// Repository names (without registry/org) the seed flavors publish to: the
+/// v1.x `core-<id>` and `kairos-<id>` names, then each v2+ distribution name once.
+pub fn seed_repositories() -> Vec<String> {
+    let mut repositories: Vec<String> =
+        SEED_FLAVORS.iter().flat_map(|f| [f.repository(Variant::Core), f.repository(Variant::Standard)]).collect();
+    for flavor in &SEED_FLAVORS {
+        if !repositories.iter().any(|r| r == flavor.distribution) {
+            repositories.push(flavor.distribution.to_string());
+        }
+    }
+    repositories
 }
 
 /// Init system for a flavor id of any generation: Alpine flavors use OpenRC.
@@ -164,6 +188,14 @@ mod tests {
         assert_eq!(f.repository(Variant::Core), "core-alpine-arm-rpi");
         assert_eq!(f.repository(Variant::Standard), "kairos-alpine-arm-rpi");
         assert!(seed_flavor("debian").is_none());
+    }
+
+    #[test]
+    fn seed_repositories_are_the_v1_names_then_each_distribution_once() {
+        let repos = seed_repositories();
+        assert_eq!(repos.len(), 16 + 3, "{repos:?}");
+        assert_eq!(&repos[..2], ["core-opensuse", "kairos-opensuse"]);
+        assert_eq!(&repos[16..], ["opensuse", "ubuntu", "alpine"]);
     }
 
     #[test]

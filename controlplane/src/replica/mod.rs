@@ -28,6 +28,7 @@ pub use client::{Committed, LeaderHint, ReadError, ReplicaClient, WriteError};
 pub use server::{connection_limit, MAX_CALLS_PER_CONNECTION, MAX_CONCURRENT_STREAMS, MAX_CONNECTIONS};
 
 use crate::api::node::Enroller;
+use crate::api::release::RegistrySettings;
 use crate::api::{AdminApi, ClusterApi, FleetApi, NodeApi, ReleaseApi, RolloutApi};
 use crate::engine::{Engine, EngineSettings};
 use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
@@ -136,6 +137,8 @@ pub struct ReplicaConfig {
     /// This replica's node-issuing intermediate CA (`node-ca.pem`); without
     /// it the replica enrolls no node (Enroll answers FAILED_PRECONDITION).
     pub node_ca: Option<Arc<NodeIssuer>>,
+    /// How SyncReleases reaches registries (plain HTTP only for those listed).
+    pub registry: RegistrySettings,
 }
 
 impl fmt::Debug for ReplicaConfig {
@@ -148,6 +151,7 @@ impl fmt::Debug for ReplicaConfig {
             .field("bootstrap", &self.bootstrap)
             .field("raft", &self.raft)
             .field("node_ca", &self.node_ca.is_some())
+            .field("registry", &self.registry)
             .finish_non_exhaustive()
     }
 }
@@ -243,7 +247,7 @@ impl Replica {
             .add_service(health_service)
             .add_service(RaftRpcService::new(config.id, raft.clone()).into_server())
             .add_service(ClusterApi::new(client.clone()).into_server())
-            .add_service(ReleaseApi::new(client.clone()).into_server())
+            .add_service(ReleaseApi::new(client.clone()).with_registry(config.registry.clone()).into_server())
             .add_service(AdminApi::new(client.clone()).into_server())
             .add_service(
                 NodeApi::new(Enroller::new(client.clone(), config.node_ca.clone()), sessions.clone()).into_server(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kairos_controlplane::api::release::RegistrySettings;
 use kairos_controlplane::replica::{RaftTuning, Replica, ReplicaConfig, ReplicaHandle};
 use kairos_controlplane::sessions::SessionSettings;
 use kairos_fleet_proto::fleet::v1 as pb;
@@ -110,9 +111,20 @@ impl Slot {
         raft: RaftTuning,
         sessions: SessionSettings,
     ) -> ReplicaHandle {
+        self.start_config(self.config(pki, bootstrap, raft, sessions)).await
+    }
+
+    /// The configuration `start_with` uses.
+    pub fn config(
+        &self,
+        pki: &Arc<Pki>,
+        bootstrap: bool,
+        raft: RaftTuning,
+        sessions: SessionSettings,
+    ) -> ReplicaConfig {
         let peer_identity = pki.identity(&format!("replica-{}", self.id));
         let pki_for_peers = Arc::clone(pki);
-        let config = ReplicaConfig {
+        ReplicaConfig {
             id: self.id,
             listen: SocketAddr::from(([127, 0, 0, 1], self.port)),
             advertise: self.addr(),
@@ -124,7 +136,12 @@ impl Slot {
             sessions,
             engine: Default::default(),
             node_ca: None,
-        };
+            registry: RegistrySettings::default(),
+        }
+    }
+
+    /// Starts the replica of this slot with `config`.
+    pub async fn start_config(&self, config: ReplicaConfig) -> ReplicaHandle {
         match Replica::start(config).await {
             Ok(handle) => handle,
             Err(e) => panic!("replica {} did not start: {e}", self.id),

@@ -80,6 +80,7 @@ impl Fleet {
             sessions: SessionSettings::with_heartbeat(Duration::from_millis(500)),
             engine: Default::default(),
             node_ca: Some(Arc::clone(&issuer)),
+            registry: Default::default(),
         };
         let handle = Replica::start(config).await.expect("replica starts");
         assert_eq!(leader_of(&handle).await, 1);

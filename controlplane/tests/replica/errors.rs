@@ -53,8 +53,8 @@ async fn public_calls_answer_the_documented_status_codes() {
     let wrong_id = pb::AddReplicaRequest { replica_id: 2, address: addr.clone(), ..Default::default() };
     assert_code(cluster.add_replica(wrong_id).await, Code::AlreadyExists, "replica 1");
 
-    let sync = release_client(&pki, &addr).sync_releases(pb::SyncReleasesRequest::default()).await;
-    assert_code(sync, Code::Unimplemented, "not available yet");
+    let nested = pb::SyncReleasesRequest { registry: "quay.io/kairos".into(), ..Default::default() };
+    assert_code(release_client(&pki, &addr).sync_releases(nested).await, Code::InvalidArgument, "registry:");
     let mut odd = tonic::Request::new(pb::ListReleasesRequest::default());
     odd.metadata_mut().insert("kairos-read-consistency", "eventually".parse().expect("ascii"));
     assert_code(release_client(&pki, &addr).list_releases(odd).await, Code::InvalidArgument, "kairos-read-consistency");

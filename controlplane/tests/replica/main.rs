@@ -1,8 +1,8 @@
 //! In-process replicas on 127.0.0.1 with TLS (a throwaway CA from rcgen):
 //! membership changes through `ClusterService`, writes forwarded from
 //! followers, leader failover, snapshot catch-up, the error codes of
-//! the public services, node enrollment and sessions, and the fleet
-//! views (`FleetService`).
+//! the public services, node enrollment and sessions, the fleet views
+//! (`FleetService`), and SyncReleases against a real local registry.
 //!
 //! One test binary on purpose: every extra binary is another link on a
 //! two-core builder.
@@ -12,6 +12,7 @@ mod enroll;
 mod errors;
 mod fleet;
 mod fleet_watch;
+mod registry_sync;
 mod rollouts;
 mod sessions;
 mod snapshot;
