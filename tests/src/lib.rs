@@ -148,6 +148,20 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("running kairosctl {args:?}: {e}"))
     }
 
+    /// Starts `kairosctl` in the background (e.g. `rollout watch`), its
+    /// output piped; the caller waits for it.
+    pub fn ctl_spawn(&self, args: &[&str]) -> Child {
+        Command::new(binary("kairosctl"))
+            .arg("--config")
+            .arg(self.dir.path().join("kairosctl.toml"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting kairosctl {args:?}: {e}"))
+    }
+
     /// Runs `kairosctl` against one replica only (`--server`).
     pub fn ctl_on(&self, id: u64, args: &[&str]) -> Output {
         let server = format!("https://{}", self.addresses[&id]);

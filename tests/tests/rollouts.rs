@@ -142,7 +142,15 @@ fn a_patch_rollout_moves_every_seed_flavor_wave_by_wave_canaries_first_and_bakes
 
     let bake_ms = 3000;
     let id = create(&cluster, &["--to", "v1.6.1", "--waves", "1,50%,100%", "--max-unavailable", "6", "--bake", "3s"]);
+    let watch = cluster.ctl_spawn(&["rollout", "watch", &id]);
     let done = wait_phase(&cluster, &id, "completed", Duration::from_secs(120));
+    let watched = watch.wait_with_output().expect("rollout watch ends");
+    let lines = String::from_utf8_lossy(&watched.stdout);
+    assert!(watched.status.success(), "watch exits 0 on completion: {lines}\n{}", String::from_utf8_lossy(&watched.stderr));
+    for wave in 0..3 {
+        assert!(lines.contains(&format!("wave {wave} started")), "the watch shows wave {wave}: {lines}");
+    }
+    assert!(lines.contains("completed"), "{lines}");
     let states = node_states(&done);
     assert_eq!(states.len(), count, "{done}");
     assert!(states.values().all(|s| s == "healthy"), "{states:?}");
@@ -335,6 +343,9 @@ fn sigkilling_the_leader_in_the_middle_of_waves_loses_nothing_and_the_rollout_fi
         &cluster,
         &["--to", "v1.6.1", "--waves", "1,25%,100%", "--max-unavailable", &max_unavailable.to_string(), "--bake", "0s"],
     );
+    // A watch that follows the rollout through the kills (it resumes on
+    // another replica when the one it reads from dies).
+    let watch = cluster.ctl_spawn(&["rollout", "watch", &id, "-o", "json"]);
     let started = Instant::now();
     let mut kills = 0;
     for round in 0..3 {
@@ -368,6 +379,11 @@ fn sigkilling_the_leader_in_the_middle_of_waves_loses_nothing_and_the_rollout_fi
         verdict.violations.len()
     );
     assert!(kills >= 2, "the leader was killed at least twice mid-rollout");
+    let watched = watch.wait_with_output().expect("rollout watch ends");
+    let stdout = String::from_utf8_lossy(&watched.stdout);
+    assert!(watched.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&watched.stderr));
+    let last = stdout.lines().rev().find_map(|l| serde_json::from_str::<Value>(l).ok()).expect("JSON lines");
+    assert_eq!(phase_of(&last), "completed", "the watch saw the end: {last}");
     assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
     drop(sim);
 }
