@@ -21,9 +21,9 @@ use self::plan::{class_to_pb, strategy_to_pb, MAX_TEXT};
 use super::audit::{self, method, Call, Outcome, Planned as AuditPlanned};
 use super::auth::authorize;
 use super::{read_status, wants_linearizable, write_status};
-use crate::engine::now_ms;
 use crate::engine::records::{self, Header, Loaded, RecordError, WaveMeta};
 use crate::engine::transition::{self, Pending};
+use crate::engine::{now_ms, observe};
 use crate::fleet::rollout::{Event, Phase, Rollout, RolloutError};
 use crate::fleet::strategy::Millis;
 use crate::replica::ReplicaClient;
@@ -175,8 +175,13 @@ impl RolloutApi {
         audit::commit_with_entry(&self.client, entry, |reader| {
             let now = now_ms();
             let mut loaded = records::load(reader, id).map_err(record_status)?.ok_or_else(|| not_found(id))?;
-            let events = steer(&mut loaded, now)?;
+            // What the nodes reported since the engine's last step counts:
+            // the operator's event is decided on the state as it is.
             let mut pending = Pending::default();
+            let nodes: Vec<_> = loaded.rollout.nodes().map(|(n, _)| n.clone()).collect();
+            observe::record_nodes(&mut loaded, reader, nodes.iter(), now, &mut pending)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let events = steer(&mut loaded, now)?;
             for event in events {
                 transition::apply(&mut loaded, event, &mut pending).map_err(rollout_status)?;
             }
@@ -510,6 +515,8 @@ impl RolloutService for RolloutApi {
                     loaded.id()
                 )));
             }
+            // A pause the resume runs into again is the threshold's.
+            loaded.header.paused_by_operator = false;
             Ok(vec![Event::Resume { accept_failures: accept, retry_failed: retry, now }])
         };
         let summary = format!("accept_failures={} retry_failed={}", req.accept_failures, req.retry_failed);
@@ -572,8 +579,13 @@ impl RolloutService for RolloutApi {
         let steer = move |loaded: &mut Loaded, now| {
             // A node that moved on to another rollout is that rollout's now:
             // its desired state names the rollout that last commanded it.
+            let busy = records::active_nodes(&reader).map_err(record_status)?;
             let mut taken = Vec::new();
             for node in loaded.rollout.nodes().filter(|(_, e)| e.attempt > 0).map(|(n, _)| n) {
+                if let Some(other) = busy.get(node).filter(|other| **other != id) {
+                    taken.push(format!("{node} (part of {other})"));
+                    continue;
+                }
                 let desired =
                     crate::nodes::read_desired(&reader, node.as_str()).map_err(|e| Status::internal(e.to_string()))?;
                 if let Some((d, _)) = desired.filter(|(d, _)| d.rollout_id != id) {
@@ -585,8 +597,8 @@ impl RolloutService for RolloutApi {
             }
             if !taken.is_empty() {
                 return Err(Status::failed_precondition(format!(
-                    "rollout {id} cannot roll back: nodes it moved are part of another active rollout: {}; \
-                     finish or abort that rollout first",
+                    "rollout {id} cannot roll back: nodes it moved belong to a later rollout now: {}; \
+                     let an unfinished one finish (or abort it), then roll back the later rollout first",
                     taken.join(", ")
                 )));
             }

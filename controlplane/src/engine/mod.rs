@@ -29,9 +29,17 @@ use self::transition::Pending;
 use crate::fleet::model::NodeId;
 use crate::fleet::rollout::{Event, Phase};
 use crate::fleet::strategy::Millis;
-use crate::nodes::{node_id_of_key, read_node, read_session, NODES_PREFIX, SESSIONS_PREFIX};
+use crate::nodes::{node_id_of_key, NODES_PREFIX, SESSIONS_PREFIX};
 use crate::replica::{ReadError, ReplicaClient, WriteError};
 use crate::store::{Applied, Request};
+
+/// How long an operator's mark holds the engine's steps on a rollout at
+/// most (a call that died leaves its mark behind).
+const STEER_HOLD: Duration = Duration::from_millis(records::STEER_HOLD_MS);
+
+/// How long a rollout whose step could not be staged waits before the
+/// next try.
+const BROKEN_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Shortest sleep between steps when a timer is due.
 const MIN_SLEEP: Duration = Duration::from_millis(50);
@@ -123,6 +131,11 @@ struct Driver {
     index: BTreeMap<NodeId, BTreeSet<String>>,
     /// Nodes to look at in the next step, per rollout.
     dirty: BTreeMap<String, BTreeSet<NodeId>>,
+    /// Rollouts an operator's call has marked, and when this replica saw
+    /// the mark (its own clock: the mark's writer may run another clock).
+    marks: BTreeMap<String, std::time::Instant>,
+    /// Rollouts whose last step could not be staged, and when.
+    broken: BTreeMap<String, std::time::Instant>,
 }
 
 impl Driver {
@@ -132,6 +145,12 @@ impl Driver {
         self.rollouts.clear();
         self.index.clear();
         self.dirty.clear();
+        // Marks found now count from now.
+        let found = records::marked_ids(client.reader())?;
+        self.marks.retain(|id, _| found.contains(id));
+        for id in found {
+            self.marks.entry(id).or_insert_with(std::time::Instant::now);
+        }
         for (header, _) in records::read_headers(client.reader())? {
             let in_flight: usize = header.counts.iter().map(|c| c.in_flight).sum();
             if !header.phase.is_terminal() || in_flight > 0 {
@@ -139,6 +158,27 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Removes the marks of operator calls that died (a cancelled call
+    /// leaves its mark), so they hold nobody again.
+    async fn clean_marks(&mut self, client: &ReplicaClient) {
+        let stale: Vec<String> =
+            self.marks.iter().filter(|(_, seen)| seen.elapsed() >= STEER_HOLD).map(|(id, _)| id.clone()).collect();
+        for id in stale {
+            let key = records::steer_key(&id);
+            if let Ok(Some(kv)) = client.reader().get(key.as_bytes()) {
+                let guard = vec![crate::store::Compare::mod_revision(
+                    key.as_bytes(),
+                    crate::store::CompareOp::Equal,
+                    kv.mod_revision,
+                )];
+                let request = Request::txn(guard, vec![crate::store::Op::delete(key.as_bytes())], Vec::new());
+                if let Err(e) = client.write(request).await {
+                    tracing::debug!(rollout = %id, error = %e, "removing a stale operator mark");
+                }
+            }
+        }
     }
 
     /// (Re)reads one rollout; every node of it is looked at next step.
@@ -195,9 +235,14 @@ impl Driver {
                 continue;
             }
             if let Some(id) = records::parse_steer_key(&change.key) {
-                // An operator's call is done (or gave up): step again.
-                if self.rollouts.contains_key(id) {
-                    self.dirty.entry(id.to_string()).or_default();
+                if change.kv.is_some() {
+                    self.marks.insert(id.to_string(), std::time::Instant::now());
+                } else {
+                    // The operator's call is done (or gave up): step again.
+                    self.marks.remove(id);
+                    if self.rollouts.contains_key(id) {
+                        self.dirty.entry(id.to_string()).or_default();
+                    }
                 }
                 continue;
             }
@@ -216,6 +261,15 @@ impl Driver {
         Ok(())
     }
 
+    /// When the earliest operator mark stops holding a rollout.
+    fn marks_expire(&self) -> Option<tokio::time::Instant> {
+        self.marks
+            .values()
+            .filter(|seen| seen.elapsed() < STEER_HOLD)
+            .map(|seen| tokio::time::Instant::from_std(*seen + STEER_HOLD))
+            .min()
+    }
+
     /// When the earliest rollout timer is due.
     fn next_wakeup(&self) -> Option<Millis> {
         self.rollouts.values().filter_map(|l| l.rollout.next_wakeup()).min()
@@ -232,7 +286,11 @@ impl Driver {
             if !self.dirty.contains_key(&id) && !due {
                 continue;
             }
-            if records::steering(client.reader(), &id, now).map_err(RecordError::Store)? {
+            if self.broken.get(&id).is_some_and(|at| at.elapsed() < BROKEN_BACKOFF) {
+                continue;
+            }
+            self.broken.remove(&id);
+            if self.marks.get(&id).is_some_and(|seen| seen.elapsed() < STEER_HOLD) {
                 // An operator's call is reading the rollout: keep out of
                 // its way; its commit (or the end of its turn) wakes us.
                 continue;
@@ -240,33 +298,11 @@ impl Driver {
             let dirty = self.dirty.remove(&id).unwrap_or_default();
             let Some(loaded) = self.rollouts.get_mut(&id) else { continue };
             let mut pending = Pending::default();
+            let reader = client.reader();
+            observe::record_nodes(loaded, reader, dirty.iter(), now, &mut pending).map_err(RecordError::Store)?;
             if loaded.rollout.phase() == &Phase::Pending {
                 if let Err(e) = transition::apply(loaded, Event::Start { now }, &mut pending) {
                     tracing::warn!(rollout = %id, error = %e, "starting a rollout");
-                }
-            }
-            let reader = client.reader();
-            for node in &dirty {
-                let record = match read_node(reader, node.as_str()) {
-                    Ok(stored) => stored.map(|s| s.record),
-                    Err(crate::nodes::ReadNodeError::Store(e)) => return Err(RecordError::Store(e).into()),
-                    Err(e) => {
-                        // One bad node record leaves that node where it is.
-                        tracing::warn!(node = %node, error = %e, "cannot read a node record");
-                        None
-                    }
-                };
-                let online = match read_session(reader, node.as_str()) {
-                    Ok(session) => session.is_some(),
-                    Err(crate::nodes::ReadNodeError::Store(e)) => return Err(RecordError::Store(e).into()),
-                    Err(_) => false,
-                };
-                let meta = loaded.meta.entry(node.clone()).or_default();
-                let events = observe::observe(&loaded.rollout, node, meta, record.as_ref(), online, now);
-                for event in events {
-                    if let Err(e) = transition::record(loaded, event, &mut pending) {
-                        tracing::debug!(rollout = %id, node = %node, error = %e, "node event refused");
-                    }
                 }
             }
             if let Err(e) = transition::apply(loaded, Event::Tick { now }, &mut pending) {
@@ -277,7 +313,11 @@ impl Driver {
                 Ok(None) => continue,
                 Err(RecordError::Store(e)) => return Err(RecordError::Store(e).into()),
                 Err(e) => {
-                    tracing::error!(rollout = %id, error = %e, "cannot stage a step; reading the rollout again");
+                    tracing::error!(
+                        rollout = %id, error = %e,
+                        "cannot stage a step; the rollout waits {BROKEN_BACKOFF:?}, then is read again"
+                    );
+                    self.broken.insert(id.clone(), std::time::Instant::now());
                     self.reload(client, &id);
                     continue;
                 }
@@ -326,6 +366,7 @@ async fn lead(client: &ReplicaClient, settings: &EngineSettings, term: u64) -> R
                 tokio::time::Instant::now() + wait
             })
             .map_or(next_rescan, |t| t.min(next_rescan))
+            .min(driver.marks_expire().map_or(next_rescan, |t| t.min(next_rescan)))
             // A timer that is already due but changed nothing must not spin.
             .max(tokio::time::Instant::now() + MIN_SLEEP);
         tokio::select! {
@@ -347,6 +388,7 @@ async fn lead(client: &ReplicaClient, settings: &EngineSettings, term: u64) -> R
             }
             _ = tokio::time::sleep_until(wake) => {
                 if tokio::time::Instant::now() >= next_rescan {
+                    driver.clean_marks(client).await;
                     driver.reload_all(client)?;
                     next_rescan = tokio::time::Instant::now() + settings.rescan_every;
                 }

@@ -10,12 +10,14 @@
 use kairos_fleet_proto::fleet::v1 as pb;
 use semver::Version;
 
-use super::records::NodeMeta;
+use super::records::{Loaded, NodeMeta};
+use super::transition::{self, Pending};
 use crate::fleet::image::ImageRef;
 use crate::fleet::model::NodeId;
 use crate::fleet::rollout::{Event, NodeReport, Rollout};
 use crate::fleet::strategy::Millis;
-use crate::nodes::NodeRecord as FleetNode;
+use crate::nodes::{read_node, read_session, NodeRecord as FleetNode, ReadNodeError};
+use crate::store::{KvReader, StoreError};
 
 fn release_of(text: &str) -> Option<Version> {
     Version::parse(text.trim().trim_start_matches('v')).ok()
@@ -111,4 +113,39 @@ pub fn observe(
     }
     events.push(Event::NodeStatus { node: id.clone(), status: report, now });
     events
+}
+
+/// Reads the record and session of each of `nodes` and records what they
+/// say in the rollout (no decision yet: the caller applies one event or
+/// tick after). A node record that does not decode leaves that node where
+/// it is.
+pub fn record_nodes<'a>(
+    loaded: &mut Loaded,
+    reader: &KvReader,
+    nodes: impl IntoIterator<Item = &'a NodeId>,
+    now: Millis,
+    pending: &mut Pending,
+) -> Result<(), StoreError> {
+    for node in nodes {
+        let record = match read_node(reader, node.as_str()) {
+            Ok(stored) => stored.map(|s| s.record),
+            Err(ReadNodeError::Store(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "cannot read a node record");
+                None
+            }
+        };
+        let online = match read_session(reader, node.as_str()) {
+            Ok(session) => session.is_some(),
+            Err(ReadNodeError::Store(e)) => return Err(e),
+            Err(_) => false,
+        };
+        let meta = loaded.meta.entry(node.clone()).or_default();
+        for event in observe(&loaded.rollout, node, meta, record.as_ref(), online, now) {
+            if let Err(e) = transition::record(loaded, event, pending) {
+                tracing::debug!(rollout = %loaded.id(), node = %node, error = %e, "node event refused");
+            }
+        }
+    }
+    Ok(())
 }

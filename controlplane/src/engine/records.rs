@@ -14,7 +14,7 @@
 //! that sees the same header revision before and after reading the other
 //! pieces has read one consistent rollout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kairos_fleet_proto::fleet::v1 as pb;
 use prost::Message;
@@ -80,12 +80,16 @@ pub fn parse_steer_key(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(key).ok()?.strip_prefix(STEER_PREFIX)
 }
 
-/// Whether an operator's call set its mark on rollout `id` less than
-/// [`STEER_HOLD_MS`] before `now`.
-pub fn steering(reader: &KvReader, id: &str, now: Millis) -> Result<bool, StoreError> {
-    let Some(kv) = reader.get(steer_key(id).as_bytes())? else { return Ok(false) };
-    let at: Millis = std::str::from_utf8(&kv.value).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-    Ok(now.saturating_sub(at) < STEER_HOLD_MS)
+/// The rollouts an operator's call has marked.
+pub fn marked_ids(reader: &KvReader) -> Result<BTreeSet<String>, StoreError> {
+    let mut out = BTreeSet::new();
+    for item in reader.scan_prefix(STEER_PREFIX.as_bytes()) {
+        let (key, _) = item?;
+        if let Some(id) = parse_steer_key(&key) {
+            out.insert(id.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// Rollout id and node id of a `rollout-nodes/<id>/<node>` key.
@@ -276,7 +280,11 @@ pub fn read_headers(reader: &KvReader) -> Result<Vec<(Header, u64)>, RecordError
     for item in reader.scan_prefix(ROLLOUTS_PREFIX.as_bytes()) {
         let (key, kv) = item?;
         let key = String::from_utf8_lossy(&key).into_owned();
-        out.push((decode(&key, &kv.value)?, kv.mod_revision));
+        match decode(&key, &kv.value) {
+            Ok(header) => out.push((header, kv.mod_revision)),
+            // One unreadable rollout must not hide (or stop) the others.
+            Err(e) => tracing::error!(%key, error = %e, "skipping a rollout header that does not decode"),
+        }
     }
     Ok(out)
 }
@@ -447,26 +455,29 @@ impl Loaded {
     }
 }
 
-/// The ids of every rollout that still owns nodes: not finished, or
-/// finished with nodes it commanded still in flight.
-pub fn active_ids(reader: &KvReader) -> Result<Vec<String>, RecordError> {
-    Ok(read_headers(reader)?
-        .into_iter()
-        .filter(|(h, _)| !h.phase.is_terminal() || h.counts.iter().any(|c| c.in_flight > 0))
-        .map(|(h, _)| h.id)
-        .collect())
-}
-
-/// Which active rollout each node belongs to.
+/// Which rollout each busy node belongs to: every node of an unfinished
+/// rollout, and the nodes a finished one still has in flight.
 pub fn active_nodes(reader: &KvReader) -> Result<BTreeMap<NodeId, String>, RecordError> {
     let mut out = BTreeMap::new();
-    for id in active_ids(reader)? {
-        let prefix = nodes_prefix(&id);
+    for (header, _) in read_headers(reader)? {
+        let finished = header.phase.is_terminal();
+        if finished && header.counts.iter().all(|c| c.in_flight == 0) {
+            continue;
+        }
+        let prefix = nodes_prefix(&header.id);
         for item in reader.scan_prefix(prefix.as_bytes()) {
-            let (key, _) = item?;
-            if let Some((_, node)) = parse_node_key(&key) {
-                out.insert(NodeId::new(node), id.clone());
+            let (key, kv) = item?;
+            let Some((_, node)) = parse_node_key(&key) else { continue };
+            if finished {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                match decode::<NodeRecord>(&key, &kv.value) {
+                    Ok(r) if r.entry.state.is_in_flight() => {}
+                    Ok(_) => continue,
+                    // Unknown: count it busy, the safe side.
+                    Err(_) => {}
+                }
             }
+            out.insert(NodeId::new(node), header.id.clone());
         }
     }
     Ok(out)

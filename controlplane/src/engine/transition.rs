@@ -84,11 +84,12 @@ struct DesiredChange {
 /// changed. `now` stamps deadlines; the state machine's times come from
 /// its events.
 ///
-/// Generations: a node's new desired state gets a generation above both
-/// the stored one and the store revision this step was planned at. Every
-/// earlier desired state was planned at a lower revision and committed at
-/// most at this one, so a generation is never handed out twice, even after
-/// a desired state was withdrawn (deleted). One node gets at most one new
+/// Generations: every node has a counter (`desired-generations/<node>`)
+/// that is never deleted, even when its desired state is withdrawn. A new
+/// desired state gets the counter plus one (and at least the store revision
+/// this step was planned at, so numbers keep rising across the fleet), and
+/// the step's transaction is guarded by the counter's revision: a
+/// generation is never handed out twice. One node gets at most one new
 /// desired state per step.
 pub fn stage(
     loaded: &mut Loaded,
@@ -97,7 +98,6 @@ pub fn stage(
     now: Millis,
 ) -> Result<Option<Staged>, RecordError> {
     let id = loaded.id().to_string();
-    let floor = reader.revision()?;
     let mut messages = Vec::new();
     let mut desired: BTreeMap<NodeId, DesiredChange> = BTreeMap::new();
     let timeout = loaded.rollout.strategy().health_timeout;
@@ -141,13 +141,18 @@ pub fn stage(
             Action::Emit(event) => messages.push(describe(&event)),
         }
     }
+    // Read after the desired states: at least as new as any of them.
+    let floor = reader.revision()?;
+    let mut counters = Vec::new();
     for (node, change) in desired.iter_mut() {
         if change.value == change.original {
             continue;
         }
         if let Some(value) = change.value.as_mut() {
-            value.generation = change.generation.max(floor) + 1;
+            let (counter, counter_revision) = generation_counter(reader, node)?;
+            value.generation = change.generation.max(counter).max(floor) + 1;
             loaded.meta.entry(node.clone()).or_default().generation = value.generation;
+            counters.push((node.clone(), value.generation, counter_revision));
         }
     }
     // Timed-out nodes get the server's failure reason.
@@ -188,6 +193,11 @@ pub fn stage(
     for (node, record) in &changed {
         ops.push(Op::put(records::node_key(&id, node.as_str()), encode(record)));
     }
+    for (node, generation, revision) in counters {
+        let key = generation_key(node.as_str());
+        compares.push(Compare::mod_revision(key.as_bytes(), CompareOp::Equal, revision));
+        ops.push(Op::put(key, generation.to_string()));
+    }
     for (node, change) in desired.into_iter().filter(|(_, c)| c.value != c.original) {
         let key = desired_key(node.as_str());
         compares.push(Compare::mod_revision(key.as_bytes(), CompareOp::Equal, change.base_revision));
@@ -198,6 +208,26 @@ pub fn stage(
         }
     }
     Ok(Some(Staged { compares, ops, header, waves, changed }))
+}
+
+/// Prefix of the per-node generation counters.
+pub const GENERATIONS_PREFIX: &str = "desired-generations/";
+
+/// The generation counter key of `node`.
+pub fn generation_key(node: &str) -> String {
+    format!("{GENERATIONS_PREFIX}{node}")
+}
+
+/// The node's last generation handed out and the counter's mod revision
+/// (0, 0 while it has none).
+fn generation_counter(reader: &KvReader, node: &NodeId) -> Result<(u64, u64), RecordError> {
+    let key = generation_key(node.as_str());
+    let Some(kv) = reader.get(key.as_bytes())? else { return Ok((0, 0)) };
+    let n = std::str::from_utf8(&kv.value)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| RecordError::Corrupt { key: key.clone(), detail: "not a number".into() })?;
+    Ok((n, kv.mod_revision))
 }
 
 fn change_for<'a>(
