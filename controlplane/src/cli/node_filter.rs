@@ -4,11 +4,11 @@
 use clap::{Args, ValueEnum};
 use kairos_fleet_proto::fleet::v1 as pb;
 
-/// Which nodes a command is about. Repeated flags match any of their
-/// values; different flags must all match.
+/// Which nodes a command is about: the image family, labels and ids.
+/// Repeated flags match any of their values; different flags must all match.
 #[derive(Debug, Clone, Default, Args)]
-#[command(next_help_heading = "Node filters")]
-pub struct NodeFilterArgs {
+#[command(next_help_heading = "Node selection")]
+pub struct SelectorArgs {
     /// Flavor id, e.g. opensuse or alpine-arm-rpi (repeat for several).
     #[arg(long, value_name = "FLAVOR")]
     pub flavor: Vec<String>,
@@ -24,6 +24,44 @@ pub struct NodeFilterArgs {
     /// Board model, e.g. generic or rpi4 (repeat for several).
     #[arg(long, value_name = "MODEL")]
     pub model: Vec<String>,
+    /// Label selector: k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k (set) or !k (unset);
+    /// commas join requirements, all must match (repeat for more).
+    #[arg(short = 'l', long = "label", value_name = "SELECTOR")]
+    pub labels: Vec<String>,
+    /// Node id, the 32-digit machine id (repeat for several).
+    #[arg(long = "node", visible_alias = "node-id", value_name = "ID")]
+    pub nodes: Vec<String>,
+}
+
+impl SelectorArgs {
+    /// The selector these flags describe; a label selector that does not
+    /// parse is an error naming it.
+    pub fn to_selector(&self) -> Result<pb::NodeSelector, String> {
+        let mut labels = Vec::new();
+        for selector in &self.labels {
+            labels.extend(parse_selector(selector)?);
+        }
+        let trimmed = |values: &[String]| values.iter().map(|v| v.trim().to_owned()).collect::<Vec<_>>();
+        Ok(pb::NodeSelector {
+            flavors: trimmed(&self.flavor),
+            flavor_releases: trimmed(&self.flavor_release),
+            variants: trimmed(&self.variant),
+            arches: trimmed(&self.arch),
+            models: trimmed(&self.model),
+            labels,
+            node_ids: trimmed(&self.nodes),
+        })
+    }
+}
+
+/// Which nodes a listing is about: the selection, plus release, state,
+/// support status and connectivity.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Node filters")]
+pub struct NodeFilterArgs {
+    /// Image family, labels and ids.
+    #[command(flatten)]
+    pub selector: SelectorArgs,
     /// Installed Kairos release, e.g. v2.4.2 (repeat for several).
     #[arg(long, value_name = "RELEASE")]
     pub release: Vec<String>,
@@ -33,13 +71,6 @@ pub struct NodeFilterArgs {
     /// Support status (repeat for several).
     #[arg(long, value_enum, value_name = "STATUS")]
     pub support: Vec<SupportArg>,
-    /// Label selector: k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k (set) or !k (unset);
-    /// commas join requirements (repeat for more).
-    #[arg(short = 'l', long = "label", value_name = "SELECTOR")]
-    pub labels: Vec<String>,
-    /// Node id, the 32-digit machine id (repeat for several).
-    #[arg(long = "node-id", value_name = "ID")]
-    pub node_ids: Vec<String>,
     /// Only nodes a replica holds a stream for.
     #[arg(long, conflicts_with = "offline")]
     pub online: bool,
@@ -131,21 +162,8 @@ impl NodeFilterArgs {
     /// The filter these flags describe; a label selector that does not
     /// parse is an error naming it.
     pub fn to_filter(&self) -> Result<pb::NodeFilter, String> {
-        let mut labels = Vec::new();
-        for selector in &self.labels {
-            labels.extend(parse_selector(selector)?);
-        }
-        let selector = pb::NodeSelector {
-            flavors: self.flavor.clone(),
-            flavor_releases: self.flavor_release.clone(),
-            variants: self.variant.clone(),
-            arches: self.arch.clone(),
-            models: self.model.clone(),
-            labels,
-            node_ids: self.node_ids.clone(),
-        };
         Ok(pb::NodeFilter {
-            selector: Some(selector),
+            selector: Some(self.selector.to_selector()?),
             releases: self.release.clone(),
             states: self.state.iter().map(|s| s.to_pb() as i32).collect(),
             support_statuses: self.support.iter().map(|s| s.to_pb() as i32).collect(),

@@ -5,7 +5,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use kairos_fleet_proto::fleet::v1 as pb;
 
-use super::super::node_filter::parse_selector;
+use super::super::node_filter::SelectorArgs;
 use super::super::nodes::ConsistencyArg;
 use super::super::CliError;
 use super::names::proto_duration;
@@ -88,34 +88,6 @@ pub struct SpecArgs {
     /// Which nodes [default: the whole fleet].
     #[command(flatten)]
     pub selector: SelectorArgs,
-}
-
-/// Which nodes a rollout is about. Repeated flags match any of their values;
-/// different flags must all match.
-#[derive(Debug, Clone, Default, Args)]
-#[command(next_help_heading = "Node selection")]
-pub struct SelectorArgs {
-    /// Flavor id, e.g. opensuse or alpine-arm-rpi (repeat for several).
-    #[arg(long, value_name = "FLAVOR")]
-    pub flavor: Vec<String>,
-    /// Flavor release, e.g. leap-15.5 or 22.04 (repeat for several).
-    #[arg(long, value_name = "RELEASE")]
-    pub flavor_release: Vec<String>,
-    /// core or standard (repeat for both).
-    #[arg(long, value_name = "VARIANT")]
-    pub variant: Vec<String>,
-    /// amd64 or arm64 (repeat for both).
-    #[arg(long, value_name = "ARCH")]
-    pub arch: Vec<String>,
-    /// Board model, e.g. generic or rpi4 (repeat for several).
-    #[arg(long, value_name = "MODEL")]
-    pub model: Vec<String>,
-    /// Label selector: k=v, k!=v, 'k in (a,b)', 'k notin (a,b)', k or !k; all must match (repeat for more).
-    #[arg(short = 'l', long = "label", value_name = "SELECTOR")]
-    pub labels: Vec<String>,
-    /// Node id, the 32-digit machine id (repeat for several).
-    #[arg(long = "node", value_name = "ID")]
-    pub nodes: Vec<String>,
 }
 
 /// Strategy flags; each one given overrides the change-class default.
@@ -340,29 +312,6 @@ pub fn rollout_id(id: &str) -> Result<String, CliError> {
     Ok(id.to_owned())
 }
 
-impl SelectorArgs {
-    /// The selector these flags describe; a label selector that does not
-    /// parse is an error naming it.
-    pub fn to_selector(&self) -> Result<pb::NodeSelector, CliError> {
-        let mut labels = Vec::new();
-        for selector in &self.labels {
-            labels.extend(parse_selector(selector).map_err(|message| {
-                CliError::usage(message, "e.g. -l site=berlin -l 'tier in (edge,core)' -l '!gpu'")
-            })?);
-        }
-        let trimmed = |values: &[String]| values.iter().map(|v| v.trim().to_owned()).collect::<Vec<_>>();
-        Ok(pb::NodeSelector {
-            flavors: trimmed(&self.flavor),
-            flavor_releases: trimmed(&self.flavor_release),
-            variants: trimmed(&self.variant),
-            arches: trimmed(&self.arch),
-            models: trimmed(&self.model),
-            labels,
-            node_ids: trimmed(&self.nodes),
-        })
-    }
-}
-
 impl StrategyArgs {
     /// The strategy these flags describe, with only the given flags set.
     /// Values are checked here where that is cheap, so a typo fails before
@@ -446,7 +395,9 @@ impl SpecArgs {
         Ok(pb::RolloutSpec {
             target_release,
             target_software_version,
-            selector: Some(self.selector.to_selector()?),
+            selector: Some(self.selector.to_selector().map_err(|message| {
+                CliError::usage(message, "e.g. -l site=berlin -l 'tier in (edge,core)' -l '!gpu'")
+            })?),
             strategy: Some(self.strategy.to_strategy()?),
             description: text_flag("--description", self.description.as_deref())?,
         })
