@@ -193,6 +193,12 @@ fn spec(waves: &[&str], max_unavailable: u32) -> pb::RolloutSpec {
     }
 }
 
+/// Creates a rollout of `spec`; its id.
+async fn create(client: &mut RolloutServiceClient<Channel>, spec: pb::RolloutSpec) -> String {
+    let created = client.create(pb::CreateRolloutRequest { spec: Some(spec), ..Default::default() }).await;
+    created.expect("create").into_inner().rollout.expect("rollout").rollout_id
+}
+
 async fn get(client: &mut RolloutServiceClient<Channel>, id: &str) -> pb::GetRolloutResponse {
     client
         .get(pb::GetRolloutRequest { rollout_id: id.into(), include_nodes: true, ..Default::default() })
@@ -285,9 +291,7 @@ async fn a_failing_canary_pauses_resume_retries_and_rollback_brings_nodes_back()
     // Every node of family 1 fails until "fixed".
     fleet.failing.lock().unwrap().extend((0..count).filter(|i| i % 2 == 1).map(node_id));
 
-    let created =
-        rollouts.create(pb::CreateRolloutRequest { spec: Some(spec(&["1", "100%"], 4)), ..Default::default() }).await;
-    let id = created.expect("create").into_inner().rollout.expect("rollout").rollout_id;
+    let id = create(&mut rollouts, spec(&["1", "100%"], 4)).await;
     let paused = wait_phase(&mut rollouts, &id, pb::RolloutPhase::Paused).await;
     let status = paused.rollout.as_ref().and_then(|r| r.status.clone()).expect("status");
     assert_eq!(status.pause_reason(), pb::PauseReason::FailureThreshold);
@@ -355,14 +359,7 @@ async fn abort_on_failure_and_operator_calls_in_the_wrong_phase_name_the_way_out
     if let Some(strategy) = s.strategy.as_mut() {
         strategy.on_failure = Some(pb::OnFailure::Abort as i32);
     }
-    let id = rollouts
-        .create(pb::CreateRolloutRequest { spec: Some(s), ..Default::default() })
-        .await
-        .expect("create")
-        .into_inner()
-        .rollout
-        .expect("rollout")
-        .rollout_id;
+    let id = create(&mut rollouts, s).await;
     let aborted = wait_phase(&mut rollouts, &id, pb::RolloutPhase::Aborted).await;
     assert!(aborted.nodes.iter().filter(|n| n.wave > 0).all(|n| n.state() == pb::RolloutNodeState::Pending));
 
@@ -408,14 +405,7 @@ async fn approval_gates_hold_each_later_wave_and_offline_nodes_are_deferred_and_
         strategy.approve_waves = Some(true);
         strategy.offline_grace = Some(prost_types::Duration { seconds: 1, nanos: 0 });
     }
-    let id = rollouts
-        .create(pb::CreateRolloutRequest { spec: Some(s), ..Default::default() })
-        .await
-        .expect("create")
-        .into_inner()
-        .rollout
-        .expect("rollout")
-        .rollout_id;
+    let id = create(&mut rollouts, s).await;
     let waiting = wait_phase(&mut rollouts, &id, pb::RolloutPhase::AwaitingApproval).await;
     assert_eq!(waiting.rollout.and_then(|r| r.status).map(|s| s.current_wave), Some(1));
     let stale = rollouts
