@@ -122,6 +122,44 @@ impl Reporter {
     }
 }
 
+/// An image pulled and verified on the node, ready for the executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedImage {
+    /// An OCI image-layout archive (tar: `oci-layout`, `index.json`,
+    /// `blobs/sha256/...`) holding the image for this node's platform, so
+    /// `kairos-agent upgrade --source ocifile:<path>` downloads nothing again.
+    pub archive: std::path::PathBuf,
+    /// Digest of the image manifest that was pulled (`sha256:...`).
+    pub manifest_digest: String,
+    /// Bytes of the archive.
+    pub size: u64,
+}
+
+/// Why an image could not be fetched, as the node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FetchError {
+    /// PULL_FAILED, DIGEST_MISMATCH, INSUFFICIENT_SPACE, INCOMPATIBLE_TARGET
+    /// or CANCELLED.
+    pub reason: pb::FailureReason,
+    /// What went wrong, for the operator.
+    pub message: String,
+}
+
+/// Fetches the image a desired state names: resolves the tag (or checks
+/// the given digest), picks the node's platform from an index, downloads
+/// and verifies every blob (resuming what an earlier attempt left) and
+/// reports DOWNLOADING / VERIFYING progress through `reporter`.
+pub trait ImageFetcher: Send + Sync {
+    /// Fetches `desired`'s image; stops early with CANCELLED when the
+    /// reporter's generation is cancelled.
+    fn fetch<'a>(
+        &'a self,
+        desired: &'a pb::DesiredState,
+        reporter: &'a Reporter,
+    ) -> BoxFuture<'a, Result<FetchedImage, FetchError>>;
+}
+
 /// True when executor `name` may run: it must be in the local allow-list
 /// and, when the server sent one, in the server's. The empty name is the
 /// default executor (`kairos-agent upgrade`), always allowed.
