@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
-use super::{read_status, wants_linearizable};
+use super::{read_status, wants_linearizable_read};
 use crate::nodes::check_node_id;
 use crate::raft::MAX_MESSAGE_BYTES;
 use crate::replica::ReplicaClient;
@@ -123,13 +123,7 @@ impl FleetApi {
     /// `kairos-read-consistency` metadata.
     fn admit_read<T>(&self, request: &Request<T>, consistency: i32) -> Result<bool, Status> {
         authorize(self.client.reader(), request, Role::Viewer)?;
-        match pb::ReadConsistency::try_from(consistency) {
-            Ok(pb::ReadConsistency::Linearizable) => Ok(true),
-            Ok(pb::ReadConsistency::Local | pb::ReadConsistency::Unspecified) => wants_linearizable(request),
-            Err(_) => Err(Status::invalid_argument(format!(
-                "consistency: must be READ_CONSISTENCY_LOCAL or READ_CONSISTENCY_LINEARIZABLE, got {consistency}"
-            ))),
-        }
+        wants_linearizable_read(request, consistency)
     }
 
     /// Confirms freshness when asked to and returns the read's metadata;

@@ -70,6 +70,19 @@ pub fn read_status(error: ReadError) -> Status {
     }
 }
 
+/// Whether a read call asks for a linearizable read: its `consistency`
+/// field, else the [`READ_CONSISTENCY_METADATA`] metadata.
+pub fn wants_linearizable_read<T>(request: &tonic::Request<T>, consistency: i32) -> Result<bool, Status> {
+    use kairos_fleet_proto::fleet::v1 as pb;
+    match pb::ReadConsistency::try_from(consistency) {
+        Ok(pb::ReadConsistency::Linearizable) => Ok(true),
+        Ok(pb::ReadConsistency::Local | pb::ReadConsistency::Unspecified) => wants_linearizable(request),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "consistency: must be READ_CONSISTENCY_LOCAL or READ_CONSISTENCY_LINEARIZABLE, got {consistency}"
+        ))),
+    }
+}
+
 /// Whether a request asks for a linearizable read through
 /// [`READ_CONSISTENCY_METADATA`]; an unknown value is INVALID_ARGUMENT.
 pub fn wants_linearizable<T>(request: &tonic::Request<T>) -> Result<bool, Status> {

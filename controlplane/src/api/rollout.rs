@@ -20,7 +20,7 @@ use self::convert::{node_to_pb, rollout_to_pb};
 use self::plan::{class_to_pb, strategy_to_pb, MAX_TEXT};
 use super::audit::{self, method, Call, Outcome, Planned as AuditPlanned};
 use super::auth::authorize;
-use super::{read_status, wants_linearizable, write_status};
+use super::{read_status, wants_linearizable_read, write_status};
 use crate::engine::records::{self, Header, Loaded, RecordError, WaveMeta};
 use crate::engine::transition::{self, Pending};
 use crate::engine::{now_ms, observe};
@@ -112,16 +112,6 @@ impl RolloutApi {
             revision: self.reader().revision().map_err(|e| Status::internal(e.to_string()))?,
             staleness_bound: None,
         })
-    }
-
-    fn linearizable<T>(request: &Request<T>, consistency: i32) -> Result<bool, Status> {
-        match pb::ReadConsistency::try_from(consistency) {
-            Ok(pb::ReadConsistency::Linearizable) => Ok(true),
-            Ok(pb::ReadConsistency::Local | pb::ReadConsistency::Unspecified) => wants_linearizable(request),
-            Err(_) => Err(Status::invalid_argument(format!(
-                "consistency: must be READ_CONSISTENCY_LOCAL or READ_CONSISTENCY_LINEARIZABLE, got {consistency}"
-            ))),
-        }
     }
 
     /// The stored rollout `id` after a write: read once this replica has
@@ -384,7 +374,7 @@ impl RolloutService for RolloutApi {
 
     async fn get(&self, request: Request<pb::GetRolloutRequest>) -> Result<Response<pb::GetRolloutResponse>, Status> {
         authorize(self.reader(), &request, Role::Viewer)?;
-        let linearizable = Self::linearizable(&request, request.get_ref().consistency)?;
+        let linearizable = wants_linearizable_read(&request, request.get_ref().consistency)?;
         let req = request.into_inner();
         check_id(&req.rollout_id)?;
         let meta = self.read_meta(linearizable).await?;
@@ -415,7 +405,7 @@ impl RolloutService for RolloutApi {
         request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         authorize(self.reader(), &request, Role::Viewer)?;
-        let linearizable = Self::linearizable(&request, request.get_ref().consistency)?;
+        let linearizable = wants_linearizable_read(&request, request.get_ref().consistency)?;
         let req = request.into_inner();
         let page = match req.page_size as usize {
             0 => DEFAULT_PAGE,

@@ -28,6 +28,19 @@ pub struct FamilyView {
     pub trusted_boot: bool,
 }
 
+impl From<pb::ImageFamily> for FamilyView {
+    fn from(f: pb::ImageFamily) -> FamilyView {
+        FamilyView {
+            flavor: f.flavor,
+            flavor_release: f.flavor_release,
+            variant: f.variant,
+            arch: f.arch,
+            model: f.model,
+            trusted_boot: f.trusted_boot,
+        }
+    }
+}
+
 /// One upgrade image in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseView {
@@ -117,14 +130,7 @@ impl From<pb::Release> for ReleaseView {
             grammar: grammar_name(r.grammar()).to_string(),
             support_status: support_name(r.support_status()).to_string(),
             added_at: r.added_at.as_ref().and_then(timestamp),
-            family: r.family.map(|f| FamilyView {
-                flavor: f.flavor,
-                flavor_release: f.flavor_release,
-                variant: f.variant,
-                arch: f.arch,
-                model: f.model,
-                trusted_boot: f.trusted_boot,
-            }),
+            family: r.family.map(FamilyView::from),
             image_ref: r.image_ref,
             digest: r.digest,
             release: r.release,

@@ -75,7 +75,7 @@ impl From<pb::PlannedNode> for PlannedNodeView {
     fn from(n: pb::PlannedNode) -> PlannedNodeView {
         let k3s = n.k3s.unwrap_or_default();
         PlannedNodeView {
-            family: n.family.map(family_view),
+            family: n.family.map(FamilyView::from),
             change_class: class_name(n.change_class),
             k3s_role: k3s_role_name(k3s.role),
             k3s_cluster: k3s.cluster_name,
@@ -87,17 +87,6 @@ impl From<pb::PlannedNode> for PlannedNodeView {
             online: n.online,
             pinned_by_label: n.pinned_by_label,
         }
-    }
-}
-
-fn family_view(f: pb::ImageFamily) -> FamilyView {
-    FamilyView {
-        flavor: f.flavor,
-        flavor_release: f.flavor_release,
-        variant: f.variant,
-        arch: f.arch,
-        model: f.model,
-        trusted_boot: f.trusted_boot,
     }
 }
 
