@@ -5,18 +5,13 @@
 //! read back with ListReleases and the audit log.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kairos_controlplane::api::release::RegistrySettings;
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_fleet_proto::fleet::v1::admin_service_client::AdminServiceClient;
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::{OciImageManifest, OciManifest};
-use oci_client::secrets::RegistryAuth;
-use oci_client::Reference;
+use kairos_fleet_testkit::LocalRegistry;
 use tonic::Code;
 
 use kairos_controlplane::sessions::SessionSettings;
@@ -24,7 +19,6 @@ use kairos_controlplane::sessions::SessionSettings;
 use crate::common::{channel, free_port, leader_of, list_all, release_client, tuning, Pki, Slot};
 
 /// Where Debian's `docker-registry` package installs the registry.
-const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 
 /// Tags pushed per repository of `kairos/`, and what SyncReleases must make of each.
 const PUSHED: &[(&str, &[(&str, Expect)])] = &[
@@ -65,127 +59,49 @@ enum Expect {
     Skipped(pb::SkipReason),
 }
 
-/// A `docker-registry` on 127.0.0.1 with its storage in a temporary
-/// folder; killed when dropped, so a failing test leaves nothing behind.
-struct LocalRegistry {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
+/// Pushes one small image (a config blob and one layer, distinct per
+/// repository) to `kairos/<repository>` under every tag; returns its
+/// manifest digest as the registry reported it.
+async fn push(registry: &LocalRegistry, repository: &str, tags: &[&str]) -> String {
+    let layer = format!("kairos {repository} layer").into_bytes();
+    registry.push(&format!("kairos/{repository}"), tags, vec![layer], "amd64").await
 }
 
-impl LocalRegistry {
-    async fn start() -> LocalRegistry {
-        assert!(
-            Path::new(REGISTRY_BINARY).exists(),
-            "{REGISTRY_BINARY} is missing: run scripts/test, which installs the Debian package docker-registry \
-             this test needs"
-        );
-        // reqwest (the readiness probe, oci-client) needs the process's crypto provider.
-        kairos_controlplane::security::install_crypto_provider();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("config.yml");
-        let yaml = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n",
-            dir.path().join("data").display()
-        );
-        std::fs::write(&config, yaml).expect("write the registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
-        let child = Command::new(REGISTRY_BINARY)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let mut registry = LocalRegistry { child, addr, dir };
-        let url = format!("http://{}/v2/", registry.addr);
-        for _ in 0..200 {
-            if let Ok(Some(status)) = registry.child.try_wait() {
-                panic!("docker-registry exited with {status}: {}", registry.log());
-            }
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
-                return registry;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("docker-registry did not answer {url} within 10 s: {}", registry.log());
+/// Pushes [`PUSHED`]; returns the manifest digest per repository.
+async fn push_all(registry: &LocalRegistry) -> BTreeMap<&'static str, String> {
+    let mut digests = BTreeMap::new();
+    for (repository, tags) in PUSHED {
+        let names: Vec<&str> = tags.iter().map(|(tag, _)| *tag).collect();
+        digests.insert(*repository, push(registry, repository, &names).await);
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    /// Pushes one small image (a config blob and one layer, distinct per
-    /// repository) to `kairos/<repository>` under every tag; returns its
-    /// manifest digest as the registry reported it.
-    async fn push(&self, repository: &str, tags: &[&str]) -> String {
-        let client =
-            oci_client::Client::try_from(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
-                .expect("oci client");
-        let layer = ImageLayer::oci_v1(format!("kairos {repository} layer").into_bytes(), None);
-        let config = Config::oci_v1(br#"{"architecture":"amd64","os":"linux"}"#.to_vec(), None);
-        let manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
-        let reference = |tag: &str| Reference::with_tag(self.addr.clone(), format!("kairos/{repository}"), tag.into());
-        let (first, rest) = tags.split_first().expect("at least one tag");
-        let pushed = client
-            .push(&reference(first), &[layer], config, &RegistryAuth::Anonymous, Some(manifest.clone()))
-            .await
-            .expect("push");
-        for tag in rest {
-            client.push_manifest(&reference(tag), &OciManifest::Image(manifest.clone())).await.expect("tag");
-        }
-        // The registry answers with the manifest's location, ending in its digest.
-        let digest = pushed.manifest_url.rsplit('/').next().expect("a location").to_owned();
-        assert!(digest.starts_with("sha256:"), "{}", pushed.manifest_url);
-        digest
-    }
-
-    /// Pushes [`PUSHED`]; returns the manifest digest per repository.
-    async fn push_all(&self) -> BTreeMap<&'static str, String> {
-        let mut digests = BTreeMap::new();
-        for (repository, tags) in PUSHED {
-            let names: Vec<&str> = tags.iter().map(|(tag, _)| *tag).collect();
-            digests.insert(*repository, self.push(repository, &names).await);
-        }
-        digests
-    }
-
-    /// `127.0.0.1:<port>/kairos/<repository>:<tag>`.
-    fn reference(&self, repository: &str, tag: &str) -> String {
-        format!("{}/kairos/{repository}:{tag}", self.addr)
-    }
-
-    /// How many pushed tags must be skipped.
-    fn expected_skips(&self) -> usize {
-        PUSHED.iter().flat_map(|(_, tags)| tags.iter()).filter(|(_, e)| matches!(e, Expect::Skipped(_))).count()
-    }
-
-    /// The references of the pushed tags expected as `expect`, sorted.
-    fn expected(&self, expect: Expect) -> Vec<String> {
-        let mut refs: Vec<String> = PUSHED
-            .iter()
-            .flat_map(|(repo, tags)| {
-                tags.iter().filter(|(_, e)| *e == expect).map(|(tag, _)| self.reference(repo, tag))
-            })
-            .collect();
-        refs.sort();
-        refs
-    }
+    digests
 }
 
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `127.0.0.1:<port>/kairos/<repository>:<tag>`.
+fn reference(registry: &LocalRegistry, repository: &str, tag: &str) -> String {
+    registry.reference(&format!("kairos/{repository}"), tag)
+}
+
+/// How many pushed tags must be skipped.
+fn expected_skips() -> usize {
+    PUSHED.iter().flat_map(|(_, tags)| tags.iter()).filter(|(_, e)| matches!(e, Expect::Skipped(_))).count()
+}
+
+/// The references of the pushed tags expected as `expect`, sorted.
+fn expected(registry: &LocalRegistry, expect: Expect) -> Vec<String> {
+    let mut refs: Vec<String> = PUSHED
+        .iter()
+        .flat_map(|(repo, tags)| {
+            tags.iter().filter(|(_, e)| *e == expect).map(|(tag, _)| reference(registry, repo, tag))
+        })
+        .collect();
+    refs.sort();
+    refs
 }
 
 fn request(registry: &LocalRegistry, repositories: &[&str]) -> pb::SyncReleasesRequest {
     pb::SyncReleasesRequest {
-        registry: registry.addr.clone(),
+        registry: registry.addr().to_string(),
         organization: "kairos".into(),
         repositories: repositories.iter().map(|r| (*r).to_owned()).collect(),
         ..Default::default()
@@ -206,12 +122,12 @@ fn skips(response: &pb::SyncReleasesResponse) -> BTreeMap<String, pb::SkipReason
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_adds_the_release_images_of_a_real_registry_and_says_why_it_skips_the_rest() {
     let registry = LocalRegistry::start().await;
-    let digests = registry.push_all().await;
+    let digests = push_all(&registry).await;
     let root = tempfile::tempdir().expect("tempdir");
     let pki = Arc::new(Pki::new());
     let slot = Slot::new(1, root.path());
     let mut config = slot.config(&pki, true, tuning(), SessionSettings::with_heartbeat(Duration::from_millis(500)));
-    config.registry = RegistrySettings::with_plain_http(vec![registry.addr.clone()]);
+    config.registry = RegistrySettings::with_plain_http(vec![registry.addr().to_string()]);
     let replica = slot.start_config(config).await;
     leader_of(&replica).await;
     let addr = slot.addr();
@@ -222,7 +138,7 @@ async fn sync_adds_the_release_images_of_a_real_registry_and_says_why_it_skips_t
     let dry = pb::SyncReleasesRequest { dry_run: true, resolve_digests: true, ..request(&registry, &[]) };
     let dry = releases.sync_releases(dry).await.expect("dry run").into_inner();
     assert!(dry.dry_run);
-    assert_eq!(sorted_refs(dry.added.iter().map(|r| &r.image_ref)), registry.expected(Expect::Added));
+    assert_eq!(sorted_refs(dry.added.iter().map(|r| &r.image_ref)), expected(&registry, Expect::Added));
     assert_eq!(dry.tags_seen as usize, tags_pushed);
     let missing = dry.skipped.iter().filter(|s| s.reason() == pb::SkipReason::RegistryError).count();
     assert_eq!(missing, 19 - PUSHED.len(), "every other default repository is missing: {:?}", dry.skipped);
@@ -235,18 +151,18 @@ async fn sync_adds_the_release_images_of_a_real_registry_and_says_why_it_skips_t
     let synced = releases.sync_releases(sync.clone()).await.expect("sync").into_inner();
     assert!(!synced.dry_run);
     assert_eq!((synced.tags_seen as usize, synced.already_known), (tags_pushed, 0));
-    assert_eq!(sorted_refs(synced.added.iter().map(|r| &r.image_ref)), registry.expected(Expect::Added));
+    assert_eq!(sorted_refs(synced.added.iter().map(|r| &r.image_ref)), expected(&registry, Expect::Added));
     let skipped = skips(&synced);
     for (repo, tags) in PUSHED {
         for (tag, expect) in tags.iter() {
             if let Expect::Skipped(reason) = expect {
-                assert_eq!(skipped.get(&registry.reference(repo, tag)), Some(reason), "{repo}:{tag}");
+                assert_eq!(skipped.get(&reference(&registry, repo, tag)), Some(reason), "{repo}:{tag}");
             }
         }
     }
-    let missing_ref = format!("{}/kairos/{MISSING}", registry.addr);
+    let missing_ref = format!("{}/kairos/{MISSING}", registry.addr());
     assert_eq!(skipped.get(&missing_ref), Some(&pb::SkipReason::RegistryError), "{skipped:?}");
-    assert_eq!(skipped.len(), registry.expected_skips() + 1, "{skipped:?}");
+    assert_eq!(skipped.len(), expected_skips() + 1, "{skipped:?}");
     let detail = &synced.skipped.iter().find(|s| s.image_ref == missing_ref).expect("missing repository").detail;
     assert!(detail.contains("not found") && detail.contains("NAME_UNKNOWN"), "{detail}");
     for skip in &synced.skipped {
@@ -255,8 +171,8 @@ async fn sync_adds_the_release_images_of_a_real_registry_and_says_why_it_skips_t
 
     // What ListReleases shows is what the sync added, pinned to the pushed digests.
     let listed = list_all(&pki, &addr, true).await.expect("list");
-    assert_eq!(sorted_refs(listed.iter().map(|r| &r.image_ref)), registry.expected(Expect::Added));
-    let source = format!("sync:{}/kairos", registry.addr);
+    assert_eq!(sorted_refs(listed.iter().map(|r| &r.image_ref)), expected(&registry, Expect::Added));
+    let source = format!("sync:{}/kairos", registry.addr());
     for release in &listed {
         let repo = release.image_ref.rsplit_once(':').and_then(|(r, _)| r.rsplit('/').next()).expect("repository");
         assert_eq!(release.digest, digests[repo], "{}", release.image_ref);
@@ -278,19 +194,19 @@ async fn sync_adds_the_release_images_of_a_real_registry_and_says_why_it_skips_t
         .into_inner();
     let targets = sorted_refs(audit.entries.iter().map(|e| &e.target));
     let expected_targets: Vec<String> =
-        registry.expected(Expect::Added).iter().map(|r| format!("release/{r}")).collect();
+        expected(&registry, Expect::Added).iter().map(|r| format!("release/{r}")).collect();
     assert_eq!(targets, expected_targets);
 
     // Again: nothing new, everything already known.
     let again = releases.sync_releases(sync.clone()).await.expect("second sync").into_inner();
     assert!(again.added.is_empty(), "{:?}", again.added);
-    assert_eq!(again.already_known as usize, registry.expected(Expect::Added).len());
+    assert_eq!(again.already_known as usize, expected(&registry, Expect::Added).len());
     assert_eq!(skips(&again), skipped);
 
     // Asking for pre-releases adds the one pre-release.
     let pre = pb::SyncReleasesRequest { include_prereleases: true, ..sync };
     let pre = releases.sync_releases(pre).await.expect("with pre-releases").into_inner();
-    let prerelease = registry.expected(Expect::Skipped(pb::SkipReason::Prerelease));
+    let prerelease = expected(&registry, Expect::Skipped(pb::SkipReason::Prerelease));
     assert_eq!(sorted_refs(pre.added.iter().map(|r| &r.image_ref)), prerelease);
     assert!(pre.added.iter().all(|r| r.prerelease && r.digest == digests["opensuse"]), "{:?}", pre.added);
     assert!(!skips(&pre).contains_key(&prerelease[0]));
@@ -300,7 +216,7 @@ async fn sync_adds_the_release_images_of_a_real_registry_and_says_why_it_skips_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_speaks_https_only_unless_the_registry_is_opted_in_to_plain_http() {
     let registry = LocalRegistry::start().await;
-    registry.push("opensuse", &["leap-15.6-core-amd64-generic-v2.4.2"]).await;
+    push(&registry, "opensuse", &["leap-15.6-core-amd64-generic-v2.4.2"]).await;
     let root = tempfile::tempdir().expect("tempdir");
     let pki = Arc::new(Pki::new());
     let slot = Slot::new(1, root.path());
@@ -312,8 +228,8 @@ async fn sync_speaks_https_only_unless_the_registry_is_opted_in_to_plain_http() 
     let refused = releases.sync_releases(request(&registry, &["opensuse"])).await.expect_err("HTTPS to an HTTP port");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     let message = refused.message();
-    assert!(message.starts_with(&format!("registry {} ", registry.addr)), "{message}");
-    assert!(message.contains(&format!("--registry-plain-http {}", registry.addr)), "{message}");
+    assert!(message.starts_with(&format!("registry {} ", registry.addr())), "{message}");
+    assert!(message.contains(&format!("--registry-plain-http {}", registry.addr())), "{message}");
 
     let closed = format!("127.0.0.1:{}", free_port());
     let nobody = pb::SyncReleasesRequest { registry: closed.clone(), ..request(&registry, &["opensuse"]) };
@@ -321,7 +237,7 @@ async fn sync_speaks_https_only_unless_the_registry_is_opted_in_to_plain_http() 
     assert_eq!(unreachable.code(), Code::Unavailable, "{unreachable:?}");
     assert!(unreachable.message().contains(&closed), "{unreachable:?}");
 
-    let scheme = pb::SyncReleasesRequest { registry: format!("http://{}", registry.addr), ..Default::default() };
+    let scheme = pb::SyncReleasesRequest { registry: format!("http://{}", registry.addr()), ..Default::default() };
     let invalid = releases.sync_releases(scheme).await.expect_err("a scheme is no host");
     assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
     assert!(invalid.message().starts_with("registry:"), "{invalid:?}");
