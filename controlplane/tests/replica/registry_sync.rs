@@ -18,8 +18,6 @@ use kairos_controlplane::sessions::SessionSettings;
 
 use crate::common::{channel, free_port, leader_of, list_all, release_client, tuning, Pki, Slot};
 
-/// Where Debian's `docker-registry` package installs the registry.
-
 /// Tags pushed per repository of `kairos/`, and what SyncReleases must make of each.
 const PUSHED: &[(&str, &[(&str, Expect)])] = &[
     (
