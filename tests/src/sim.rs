@@ -8,6 +8,26 @@ use serde_json::Value;
 
 use crate::{binary, ok_stdout, Cluster};
 
+/// A node's root filesystem: release file (opensuse leap-15.5 standard
+/// amd64, v2.4.2 with k3s v1.27.6), machine id, kernel command line.
+pub fn node_root(dir: &Path, machine_id: &str) -> PathBuf {
+    let root = dir.join(format!("root-{machine_id}"));
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    std::fs::create_dir_all(root.join("proc")).expect("proc");
+    std::fs::write(
+        root.join("etc/kairos-release"),
+        "KAIROS_FLAVOR=\"opensuse\"\nKAIROS_FLAVOR_RELEASE=\"leap-15.5\"\nKAIROS_VARIANT=\"standard\"\n\
+         KAIROS_MODEL=\"generic\"\nKAIROS_ARCH=\"amd64\"\nKAIROS_RELEASE=\"v2.4.2\"\n\
+         KAIROS_SOFTWARE_VERSION=\"v1.27.6+k3s1\"\nKAIROS_SOFTWARE_VERSION_PREFIX=\"k3s\"\n\
+         KAIROS_IMAGE_REPO=\"quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1\"\n",
+    )
+    .expect("kairos-release");
+    std::fs::write(root.join("etc/machine-id"), format!("{machine_id}\n")).expect("machine-id");
+    std::fs::write(root.join("proc/cmdline"), "BOOT_IMAGE=/cOS/vmlinuz console=tty1 root=LABEL=COS_STATE cos-img/filename=/cOS/active.img rd.cos.oemlabel=COS_OEM\n")
+        .expect("cmdline");
+    root
+}
+
 /// An enroll token secret allowing `uses` enrollments, labelled `site=lab`.
 pub fn enroll_token(cluster: &Cluster, uses: u32) -> String {
     let out = ok_stdout(

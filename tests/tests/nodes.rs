@@ -2,11 +2,10 @@
 //! loopback): the node client enrolls and keeps a session, replicas
 //! SIGKILLed under their node streams, and heartbeats that never reach raft.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kairos_fleet_tests::sim::{ca_file, enroll_token, server, spawn_logged, Simulator};
+use kairos_fleet_tests::sim::{ca_file, enroll_token, node_root, server, spawn_logged, Simulator};
 use kairos_fleet_tests::{binary, ok_stdout, wait_for, Cluster};
 use serde_json::Value;
 
@@ -15,25 +14,6 @@ const HEARTBEAT_MS: &str = "1000";
 
 fn start_all(cluster: &mut Cluster) {
     cluster.form(&["--node-heartbeat-ms", HEARTBEAT_MS]);
-}
-
-/// A node's root filesystem: release file, machine id, kernel command line.
-fn node_root(dir: &Path, machine_id: &str) -> PathBuf {
-    let root = dir.join(format!("root-{machine_id}"));
-    std::fs::create_dir_all(root.join("etc")).expect("etc");
-    std::fs::create_dir_all(root.join("proc")).expect("proc");
-    std::fs::write(
-        root.join("etc/kairos-release"),
-        "KAIROS_FLAVOR=\"opensuse\"\nKAIROS_FLAVOR_RELEASE=\"leap-15.5\"\nKAIROS_VARIANT=\"standard\"\n\
-         KAIROS_MODEL=\"generic\"\nKAIROS_ARCH=\"amd64\"\nKAIROS_RELEASE=\"v2.4.2\"\n\
-         KAIROS_SOFTWARE_VERSION=\"v1.27.6+k3s1\"\nKAIROS_SOFTWARE_VERSION_PREFIX=\"k3s\"\n\
-         KAIROS_IMAGE_REPO=\"quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.2-k3sv1.27.6-k3s1\"\n",
-    )
-    .expect("kairos-release");
-    std::fs::write(root.join("etc/machine-id"), format!("{machine_id}\n")).expect("machine-id");
-    std::fs::write(root.join("proc/cmdline"), "BOOT_IMAGE=/cOS/vmlinuz console=tty1 root=LABEL=COS_STATE cos-img/filename=/cOS/active.img rd.cos.oemlabel=COS_OEM\n")
-        .expect("cmdline");
-    root
 }
 
 fn node_client(args: &[&str]) -> std::process::Output {
