@@ -143,6 +143,9 @@ pub struct UpgradeConfig {
     pub executor_timeout: Duration,
     /// Reboots the node once the new image is installed.
     pub reboot_command: Vec<String>,
+    /// How long the node may take to go down after the reboot command
+    /// returned; after it the upgrade is reported failed.
+    pub reboot_timeout: Duration,
     /// Run after the reboot on the target release; exit 0 means healthy.
     /// None: the node is healthy when it booted the target from active.
     pub health_command: Option<Vec<String>>,
@@ -154,6 +157,8 @@ pub struct UpgradeConfig {
 pub const DEFAULT_EXECUTOR: &str = "kairos-agent";
 /// Default `upgrade.executor_timeout`.
 pub const DEFAULT_EXECUTOR_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default `upgrade.reboot_timeout`.
+pub const DEFAULT_REBOOT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Default `upgrade.health_timeout`.
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2 * 60);
 
@@ -169,6 +174,7 @@ impl Default for UpgradeConfig {
             executors: BTreeMap::new(),
             executor_timeout: DEFAULT_EXECUTOR_TIMEOUT,
             reboot_command: words(&["reboot"]),
+            reboot_timeout: DEFAULT_REBOOT_TIMEOUT,
             health_command: None,
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
         }
@@ -217,6 +223,7 @@ struct RawUpgrade {
     executors: BTreeMap<String, Vec<String>>,
     executor_timeout: Option<String>,
     reboot_command: Option<Vec<String>>,
+    reboot_timeout: Option<String>,
     health_command: Option<Vec<String>>,
     health_timeout: Option<String>,
 }
@@ -307,6 +314,7 @@ fn parse_upgrade(raw: RawUpgrade, allowed_executors: &[String]) -> Result<Upgrad
     let executor_timeout = timeout_of("upgrade.executor_timeout", raw.executor_timeout, defaults.executor_timeout)?;
     let reboot_command = raw.reboot_command.unwrap_or(defaults.reboot_command);
     check_command("upgrade.reboot_command", &reboot_command, false)?;
+    let reboot_timeout = timeout_of("upgrade.reboot_timeout", raw.reboot_timeout, defaults.reboot_timeout)?;
     if let Some(health) = &raw.health_command {
         check_command("upgrade.health_command", health, false)?;
     }
@@ -317,6 +325,7 @@ fn parse_upgrade(raw: RawUpgrade, allowed_executors: &[String]) -> Result<Upgrad
         executors: raw.executors,
         executor_timeout,
         reboot_command,
+        reboot_timeout,
         health_command: raw.health_command,
         health_timeout,
     })
@@ -529,6 +538,7 @@ mod tests {
             executors = { custom = ["/opt/custom", "{archive}"] }
             executor_timeout = "45m"
             reboot_command = ["systemctl", "reboot"]
+            reboot_timeout = "5m"
             health_command = ["/opt/health", "--quick"]
             health_timeout = "30s"
             "#,
@@ -539,6 +549,7 @@ mod tests {
         assert!(upgrade.recovery_arguments.is_empty());
         assert_eq!(upgrade.executors.get("custom").map(Vec::len), Some(2));
         assert_eq!(upgrade.executor_timeout, Duration::from_secs(45 * 60));
+        assert_eq!(upgrade.reboot_timeout, Duration::from_secs(5 * 60));
         assert_eq!(upgrade.health_command.as_deref().map(<[String]>::len), Some(2));
         assert_eq!(upgrade.health_timeout, Duration::from_secs(30));
     }
@@ -558,6 +569,7 @@ mod tests {
         assert_eq!(upgrade("executor_timeout = \"soon\""), "upgrade.executor_timeout");
         assert_eq!(upgrade("reboot_command = []"), "upgrade.reboot_command");
         assert_eq!(upgrade("reboot_command = [\"reboot\", \"{image}\"]"), "upgrade.reboot_command");
+        assert_eq!(upgrade("reboot_timeout = \"0ms\""), "upgrade.reboot_timeout");
         assert_eq!(upgrade("health_command = []"), "upgrade.health_command");
         assert_eq!(upgrade("health_timeout = \"-1s\""), "upgrade.health_timeout");
         let err = ClientConfig::parse("[upgrade]\nreboot = [\"x\"]\n").expect_err("unknown key");

@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_node_client::agent::{self, record, AgentUpgrader};
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 const NODE: &str = "00112233445566778899aabbccddeeff";
 const TARGET: &str = "quay.io/kairos/opensuse:leap-15.5-standard-amd64-generic-v2.4.3-k3sv1.27.6-k3s1";
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const LIMIT: Duration = Duration::from_secs(30);
 const PASSIVE_CMDLINE: &str = "BOOT_IMAGE=/cOS/passive.img root=LABEL=COS_STATE cos-img/filename=/cOS/passive.img\n";
 
 /// Writes a small file as the archive, like a pull that succeeded.
@@ -167,6 +169,32 @@ impl Node {
         agent::resume(&self.state(), &self.root(), config, &handle).await.expect("resume")
     }
 
+    /// Applies `desired` until it ends or the stand-in reboot ran (a real
+    /// reboot stops the client there); returns the updates it reported.
+    async fn apply(
+        &self,
+        upgrader: &AgentUpgrader,
+        handle: &NodeHandle,
+        desired: pb::DesiredState,
+    ) -> Vec<pb::StatusUpdate> {
+        let before = handle.log().last_seq();
+        let (_cancel, cancelled) = watch::channel(None);
+        let reporter = Reporter::new(handle.clone(), &desired, Vec::new(), cancelled);
+        let run = upgrader.apply(desired, reporter);
+        tokio::pin!(run);
+        let rebooted = async {
+            while self.read("reboots").is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            () = &mut run => {}
+            () = rebooted => {}
+            () = tokio::time::sleep(LIMIT) => panic!("the upgrade neither ended nor rebooted within {LIMIT:?}"),
+        }
+        handle.log().unacked_after(before).0
+    }
+
     fn record(&self) -> Option<record::UpgradeRecord> {
         record::load(&record::record_path(&self.state())).expect("record")
     }
@@ -184,15 +212,6 @@ fn desired(generation: u64) -> pb::DesiredState {
     }
 }
 
-/// Applies `desired` to completion; returns the states it reported.
-async fn apply(upgrader: &AgentUpgrader, handle: &NodeHandle, desired: pb::DesiredState) -> Vec<pb::StatusUpdate> {
-    let before = handle.log().last_seq();
-    let (_cancel, cancelled) = watch::channel(None);
-    let reporter = Reporter::new(handle.clone(), &desired, Vec::new(), cancelled);
-    upgrader.apply(desired, reporter).await;
-    handle.log().unacked_after(before).0
-}
-
 fn states(updates: &[pb::StatusUpdate]) -> Vec<pb::NodeState> {
     updates.iter().map(|u| u.state()).collect()
 }
@@ -204,7 +223,7 @@ async fn a_successful_upgrade_installs_reboots_and_reports_healthy_on_the_new_re
     let upgrader = node.upgrader(config.clone(), &[], node.fetcher());
     let handle = node.handle();
 
-    let updates = apply(&upgrader, &handle, desired(3)).await;
+    let updates = node.apply(&upgrader, &handle, desired(3)).await;
     assert_eq!(states(&updates), [pb::NodeState::Installing, pb::NodeState::Rebooting]);
     let archive = node.path().join("image.tar").display().to_string();
     assert_eq!(node.read("agent-args").trim(), format!("upgrade --source ocifile:{archive}"));
@@ -231,7 +250,7 @@ async fn a_recovery_upgrade_passes_the_recovery_flag() {
     let upgrader = node.upgrader(node.config(), &[], node.fetcher());
     let mut wanted = desired(3);
     wanted.executor = Some(pb::ExecutorHints { recovery: true, ..Default::default() });
-    apply(&upgrader, &node.handle(), wanted).await;
+    node.apply(&upgrader, &node.handle(), wanted).await;
     assert!(node.read("agent-args").trim().ends_with("image.tar --recovery"), "{}", node.read("agent-args"));
 }
 
@@ -241,7 +260,7 @@ async fn a_fallback_boot_after_the_upgrade_is_reported_as_rolled_back() {
     node.write("mode", "fallback");
     let config = node.config();
     let upgrader = node.upgrader(config.clone(), &[], node.fetcher());
-    let updates = apply(&upgrader, &node.handle(), desired(4)).await;
+    let updates = node.apply(&upgrader, &node.handle(), desired(4)).await;
     assert_eq!(states(&updates), [pb::NodeState::Installing, pb::NodeState::Rebooting]);
 
     node.reboot(Some(PASSIVE_CMDLINE));
@@ -259,7 +278,7 @@ async fn an_executor_outside_the_allow_list_is_refused_before_anything_runs() {
     let upgrader = node.upgrader(node.config(), &[], node.fetcher());
     let mut wanted = desired(5);
     wanted.executor = Some(pb::ExecutorHints { name: "custom".into(), ..Default::default() });
-    let updates = apply(&upgrader, &node.handle(), wanted).await;
+    let updates = node.apply(&upgrader, &node.handle(), wanted).await;
     assert_eq!(states(&updates), [pb::NodeState::Failed]);
     assert_eq!(updates[0].failure_reason(), pb::FailureReason::CommandNotAllowed);
     assert!(updates[0].message.contains("custom"), "{}", updates[0].message);
@@ -274,7 +293,7 @@ async fn an_allowed_executor_without_a_command_is_refused() {
     let upgrader = node.upgrader(node.config(), &["custom"], node.fetcher());
     let mut wanted = desired(5);
     wanted.executor = Some(pb::ExecutorHints { name: "custom".into(), ..Default::default() });
-    let updates = apply(&upgrader, &node.handle(), wanted).await;
+    let updates = node.apply(&upgrader, &node.handle(), wanted).await;
     assert_eq!(updates.iter().map(|u| u.failure_reason()).collect::<Vec<_>>(), [pb::FailureReason::CommandNotAllowed]);
     assert!(updates[0].message.contains("upgrade.executors.custom"), "{}", updates[0].message);
 }
@@ -284,7 +303,7 @@ async fn a_failing_executor_is_reported_with_its_last_error_line_and_no_reboot()
     let node = Node::new();
     node.write("mode", "exit1");
     let upgrader = node.upgrader(node.config(), &[], node.fetcher());
-    let updates = apply(&upgrader, &node.handle(), desired(6)).await;
+    let updates = node.apply(&upgrader, &node.handle(), desired(6)).await;
     assert_eq!(states(&updates), [pb::NodeState::Installing, pb::NodeState::Failed]);
     let failed = &updates[1];
     assert_eq!(failed.failure_reason(), pb::FailureReason::ExecutorFailed);
@@ -304,7 +323,7 @@ async fn an_executor_past_its_timeout_is_killed_and_reported() {
     let mut wanted = desired(6);
     let timeout = prost_types::Duration { seconds: 0, nanos: 300_000_000 };
     wanted.executor = Some(pb::ExecutorHints { timeout: Some(timeout), ..Default::default() });
-    let updates = apply(&upgrader, &node.handle(), wanted).await;
+    let updates = node.apply(&upgrader, &node.handle(), wanted).await;
     assert_eq!(states(&updates), [pb::NodeState::Installing, pb::NodeState::Failed]);
     assert_eq!(updates[1].failure_reason(), pb::FailureReason::ExecutorFailed);
     assert!(updates[1].message.contains("did not finish within"), "{}", updates[1].message);
@@ -316,7 +335,7 @@ async fn a_failing_health_hook_fails_the_upgrade_on_the_target() {
     let mut config = node.config();
     config.health_command = Some(vec!["sh".into(), "-c".into(), "echo 'k3s is not ready' >&2; exit 2".into()]);
     let upgrader = node.upgrader(config.clone(), &[], node.fetcher());
-    apply(&upgrader, &node.handle(), desired(7)).await;
+    node.apply(&upgrader, &node.handle(), desired(7)).await;
 
     node.reboot(None);
     let outcome = node.restart(&config).await.expect("an outcome");
@@ -333,7 +352,7 @@ async fn a_passing_health_hook_lets_the_node_report_healthy() {
     let mut config = node.config();
     config.health_command = Some(vec!["true".into()]);
     let upgrader = node.upgrader(config.clone(), &[], node.fetcher());
-    apply(&upgrader, &node.handle(), desired(7)).await;
+    node.apply(&upgrader, &node.handle(), desired(7)).await;
     node.reboot(None);
     assert_eq!(node.restart(&config).await.map(|u| u.state()), Some(pb::NodeState::Healthy));
 }
@@ -343,7 +362,7 @@ async fn a_reboot_that_never_happened_is_reported_as_failed() {
     let node = Node::new();
     let config = node.config();
     let upgrader = node.upgrader(config.clone(), &[], node.fetcher());
-    apply(&upgrader, &node.handle(), desired(8)).await;
+    node.apply(&upgrader, &node.handle(), desired(8)).await;
     // The client restarts, but the node did not reboot.
     let outcome = node.restart(&config).await.expect("an outcome");
     assert_eq!((outcome.state(), outcome.failure_reason()), (pb::NodeState::Failed, pb::FailureReason::Other));
@@ -358,7 +377,7 @@ async fn a_rollback_goes_the_same_way_and_reports_healthy_on_its_target() {
     let mut wanted = desired(9);
     wanted.rollback = true;
     wanted.target_release.clear();
-    let updates = apply(&upgrader, &node.handle(), wanted).await;
+    let updates = node.apply(&upgrader, &node.handle(), wanted).await;
     assert_eq!(states(&updates), [pb::NodeState::Installing, pb::NodeState::Rebooting]);
     node.reboot(None);
     let outcome = node.restart(&config).await.expect("an outcome");
@@ -388,8 +407,7 @@ async fn a_crash_while_fetching_is_reported_from_the_record() {
     let upgrader = node.upgrader(node.config(), &[], Arc::new(StuckFetcher));
     let (_cancel, cancelled) = watch::channel(None);
     let reporter = Reporter::new(handle.clone(), &desired(12), Vec::new(), cancelled);
-    let stuck =
-        tokio::time::timeout(std::time::Duration::from_millis(300), upgrader.apply(desired(12), reporter)).await;
+    let stuck = tokio::time::timeout(Duration::from_millis(300), upgrader.apply(desired(12), reporter)).await;
     assert!(stuck.is_err(), "the fetch never ends");
     assert_eq!(node.record().map(|r| r.phase), Some(record::Phase::Fetching));
 
@@ -413,5 +431,33 @@ async fn a_cancel_while_fetching_reports_idle_cancelled() {
     assert_eq!(states(&updates), [pb::NodeState::Idle]);
     assert_eq!(updates[0].failure_reason(), pb::FailureReason::Cancelled);
     assert_eq!(updates[0].message, "rollout r-1 aborted by operator");
+    assert_eq!(node.record(), None);
+}
+
+#[tokio::test]
+async fn a_node_still_up_after_the_reboot_timeout_reports_failed() {
+    let node = Node::new();
+    let mut config = node.config();
+    config.reboot_timeout = Duration::from_millis(200);
+    let upgrader = node.upgrader(config, &[], node.fetcher());
+    let handle = node.handle();
+    let (_cancel, cancelled) = watch::channel(None);
+    let reporter = Reporter::new(handle.clone(), &desired(14), Vec::new(), cancelled);
+    tokio::time::timeout(LIMIT, upgrader.apply(desired(14), reporter)).await.expect("ends after the reboot timeout");
+    let updates = handle.log().unacked_after(0).0;
+    assert_eq!(states(&updates), [pb::NodeState::Installing, pb::NodeState::Rebooting, pb::NodeState::Failed]);
+    assert!(updates[2].message.contains("did not go down"), "{}", updates[2].message);
+    assert_eq!(node.record(), None);
+}
+
+#[tokio::test]
+async fn a_failing_reboot_command_is_reported() {
+    let node = Node::new();
+    let mut config = node.config();
+    config.reboot_command = vec!["false".into()];
+    let upgrader = node.upgrader(config, &[], node.fetcher());
+    let updates = node.apply(&upgrader, &node.handle(), desired(15)).await;
+    assert_eq!(states(&updates), [pb::NodeState::Installing, pb::NodeState::Rebooting, pb::NodeState::Failed]);
+    assert!(updates[2].message.contains("reboot command failed"), "{}", updates[2].message);
     assert_eq!(node.record(), None);
 }

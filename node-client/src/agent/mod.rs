@@ -5,6 +5,7 @@
 //! ```text
 //! apply:  allow-list → record (fetching) → fetch → record (installing)
 //!         → INSTALLING → executor → record (rebooting) → REBOOTING → reboot
+//!         → wait to be stopped by it (FAILED after upgrade.reboot_timeout)
 //! start:  record? → fallback boot / wrong release / no reboot / health hook
 //!         → ROLLED_BACK, FAILED or HEALTHY → remove the record
 //! ```
@@ -224,13 +225,22 @@ impl AgentUpgrader {
             return;
         }
         tracing::info!(generation = desired.generation, command = ?self.config.reboot_command, "rebooting");
-        match command::run(&self.config.reboot_command, REBOOT_COMMAND_LIMIT).await {
-            Ok(()) => tracing::info!(
-                generation = desired.generation,
-                "reboot requested; the outcome is reported when the client starts again"
-            ),
-            Err(e) => self.failed(&reporter, pb::FailureReason::Other, format!("the reboot command failed: {e}")),
+        if let Err(e) = command::run(&self.config.reboot_command, REBOOT_COMMAND_LIMIT).await {
+            return self.failed(&reporter, pb::FailureReason::Other, format!("the reboot command failed: {e}"));
         }
+        tracing::info!(
+            generation = desired.generation,
+            "reboot requested; the outcome is reported when the client starts again"
+        );
+        // The reboot ends this process. Returning earlier would let a newer
+        // generation start work while the node goes down (the session runs
+        // it only after this one returns); a Cancel cannot stop a reboot.
+        tokio::time::sleep(self.config.reboot_timeout).await;
+        let message = format!(
+            "the reboot command succeeded but the node did not go down within {:?} (upgrade.reboot_timeout)",
+            self.config.reboot_timeout
+        );
+        self.failed(&reporter, pb::FailureReason::Other, message);
     }
 }
 
