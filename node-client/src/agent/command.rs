@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
@@ -66,7 +68,9 @@ pub enum CommandError {
 }
 
 /// Runs `argv` (program first) with stdin closed, waits at most `limit`,
-/// and kills it after. Output is logged at debug level line by line.
+/// and kills it after, with everything it started (its own process group:
+/// an executor's mkfs or rsync must not keep writing once the upgrade is
+/// reported failed). Output is logged at debug level line by line.
 pub async fn run(argv: &[String], limit: Duration) -> Result<(), CommandError> {
     let Some((program, args)) = argv.split_first() else {
         return Err(CommandError::Spawn { program: String::new(), message: "empty command".into() });
@@ -77,6 +81,7 @@ pub async fn run(argv: &[String], limit: Duration) -> Result<(), CommandError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .map_err(|e| CommandError::Spawn { program: program.clone(), message: e.to_string() })?;
     let stdout = child.stdout.take().map(|out| tokio::spawn(last_line(out, program.clone(), "stdout")));
@@ -85,6 +90,9 @@ pub async fn run(argv: &[String], limit: Duration) -> Result<(), CommandError> {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => return Err(CommandError::Spawn { program: program.clone(), message: e.to_string() }),
         Err(_) => {
+            if let Some(group) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+            }
             let _ = child.kill().await;
             return Err(CommandError::TimedOut { program: program.clone(), timeout: limit });
         }
@@ -179,6 +187,23 @@ mod tests {
         let result = run(&argv(&["sleep", "30"]), Duration::from_millis(200)).await;
         assert!(matches!(result, Err(CommandError::TimedOut { .. })), "{result:?}");
         assert!(started.elapsed() < Duration::from_secs(10));
+        // What it started is killed too.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let result = run(&argv(&["sh", "-c", &script]), Duration::from_millis(300)).await;
+        assert!(matches!(result, Err(CommandError::TimedOut { .. })), "{result:?}");
+        let pid = std::fs::read_to_string(&pid_file).expect("pid").trim().to_string();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        // Gone, or a zombie waiting for a reaper that this test does not control.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+        };
+        while alive() {
+            assert!(std::time::Instant::now() < end, "the grandchild {pid} survived the timeout");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let missing = run(&argv(&["/nonexistent/program"]), Duration::from_secs(1)).await;
         assert!(matches!(missing, Err(CommandError::Spawn { .. })), "{missing:?}");
     }
