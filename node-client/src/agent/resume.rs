@@ -40,6 +40,8 @@ pub struct BootFacts {
     pub upgrade_failure_marker: bool,
     /// Running Kairos release, from the release file.
     pub release: Version,
+    /// Running Kubernetes software version (`v1.27.6+k3s1`); empty on core images.
+    pub software: String,
 }
 
 /// How an upgrade in progress ended.
@@ -63,10 +65,11 @@ pub enum Outcome {
         /// `/run/cos/upgrade_failure` exists.
         marker: bool,
     },
-    /// It booted the active partition with another release.
+    /// It booted the active partition with another release (or another
+    /// Kubernetes version than the target names).
     WrongRelease {
-        /// The release it runs.
-        running: Version,
+        /// The release it runs, e.g. `v2.4.2`, with its software version when it has one.
+        running: String,
     },
     /// It runs the target release from the active partition; the health
     /// hook decides.
@@ -104,14 +107,21 @@ pub fn decide(record: &UpgradeRecord, now: &BootFacts) -> Outcome {
     if now.upgrade_failure_marker || matches!(now.boot, BootState::Passive | BootState::Recovery) {
         return Outcome::Fallback { boot: now.boot, marker: now.upgrade_failure_marker };
     }
-    let on_target = match parse_release(&record.target_release) {
+    let release_matches = match parse_release(&record.target_release) {
         Some(target) => target == now.release,
         None => record.target_release.trim_start_matches('v') == now.release.to_string(),
     };
+    // Core images and older release files name no software: nothing to compare.
+    let software_matches =
+        record.target_software.is_empty() || now.software.is_empty() || record.target_software == now.software;
+    let on_target = release_matches && software_matches;
     match (on_target, record.phase) {
         (true, _) => Outcome::OnTarget,
         (false, Phase::Installing) => Outcome::RebootedWhileInstalling,
-        (false, _) => Outcome::WrongRelease { running: now.release.clone() },
+        (false, _) => {
+            let software = if now.software.is_empty() { String::new() } else { format!(" ({})", now.software) };
+            Outcome::WrongRelease { running: format!("v{}{software}", now.release) }
+        }
     }
 }
 
@@ -124,6 +134,7 @@ pub fn read_boot_facts(root: &Path) -> Result<BootFacts, crate::local::LocalErro
         boot: facts.boot,
         upgrade_failure_marker: facts.upgrade_failure_marker,
         release: facts.identity.release,
+        software: facts.identity.software.as_ref().map(|s| s.upstream()).unwrap_or_default(),
     })
 }
 
@@ -166,7 +177,14 @@ pub fn verdict(record: &UpgradeRecord, outcome: &Outcome) -> Option<(pb::NodeSta
         Outcome::WrongRelease { running } => (
             S::Failed,
             R::WrongRelease,
-            format!("after the reboot the node runs v{running} from its active partition, expected {target}"),
+            format!(
+                "after the reboot the node runs {running} from its active partition, expected {target}{}",
+                if record.target_software.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with {}", record.target_software)
+                }
+            ),
         ),
         Outcome::OnTarget => return None,
     })
@@ -305,6 +323,7 @@ mod tests {
             boot: BootState::Active,
             upgrade_failure_marker: false,
             release: parse_release(release).expect("release"),
+            software: "v1.27.6+k3s1".into(),
         }
     }
 
@@ -338,10 +357,17 @@ mod tests {
     #[test]
     fn another_release_on_active_is_the_wrong_release() {
         let outcome = decide(&record(Phase::Rebooting), &after_reboot("v2.4.2"));
-        assert_eq!(outcome, Outcome::WrongRelease { running: Version::new(2, 4, 2) });
+        assert_eq!(outcome, Outcome::WrongRelease { running: "v2.4.2 (v1.27.6+k3s1)".into() });
         let (state, reason, message) = verdict(&record(Phase::Rebooting), &outcome).expect("final");
         assert_eq!((state, reason), (pb::NodeState::Failed, pb::FailureReason::WrongRelease));
         assert!(message.contains("v2.4.2") && message.contains("v2.4.3"), "{message}");
+        // The right release with another Kubernetes version is not the target either.
+        let other_k3s = BootFacts { software: "v1.28.2+k3s1".into(), ..after_reboot("v2.4.3") };
+        let outcome = decide(&record(Phase::Rebooting), &other_k3s);
+        assert_eq!(outcome, Outcome::WrongRelease { running: "v2.4.3 (v1.28.2+k3s1)".into() });
+        // A core image names no software: the release decides.
+        let core = BootFacts { software: String::new(), ..after_reboot("v2.4.3") };
+        assert_eq!(decide(&record(Phase::Rebooting), &core), Outcome::OnTarget);
     }
 
     #[test]
