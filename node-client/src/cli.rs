@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use semver::Version;
 use tokio::sync::watch;
 
+use crate::agent::{self, AgentUpgrader};
 use crate::config::{check_servers, parse_duration, ClientConfig, LogFormat, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR};
 use crate::enroll::{enroll, EnrollParams};
 use crate::hello::{node_path, pb_identity, read_hostname, LocalHello};
@@ -21,7 +22,7 @@ use crate::session::{Session, SessionSettings};
 use crate::simulate::{parse_start_release, parse_storm_state, run_simulation, SimulateError, SimulateOptions};
 use crate::state::{SharedStatusLog, StateDir, STATUS_FILE};
 use crate::tls::{endpoint_host, TlsTransport};
-use crate::upgrader::LoggingUpgrader;
+use crate::upgrader::{BoxFuture, FetchError, FetchedImage, ImageFetcher, Reporter};
 
 /// Exit code of a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
@@ -273,6 +274,30 @@ async fn enroll_command(args: EnrollArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The image fetcher `run` upgrades with. The one place that picks it.
+pub fn image_fetcher(_config: &ClientConfig) -> Arc<dyn ImageFetcher> {
+    Arc::new(NoPullFetcher)
+}
+
+/// Answers every fetch with PULL_FAILED: this build pulls no images, so
+/// every upgrade fails before anything on the node changes.
+struct NoPullFetcher;
+
+impl ImageFetcher for NoPullFetcher {
+    fn fetch<'a>(
+        &'a self,
+        _desired: &'a kairos_fleet_proto::fleet::v1::DesiredState,
+        _reporter: &'a Reporter,
+    ) -> BoxFuture<'a, Result<FetchedImage, FetchError>> {
+        Box::pin(async {
+            Err(FetchError {
+                reason: kairos_fleet_proto::fleet::v1::FailureReason::PullFailed,
+                message: "this build cannot pull images yet".into(),
+            })
+        })
+    }
+}
+
 async fn run_command(args: RunArgs) -> Result<(), Failure> {
     let config = ClientConfig::load(&args.config).map_err(usage)?;
     init_logging(config.log_format, "info");
@@ -296,7 +321,7 @@ async fn run_command(args: RunArgs) -> Result<(), Failure> {
     }
     let log = state.status_log().map_err(failure)?;
     let hello = LocalHello {
-        root: args.root,
+        root: args.root.clone(),
         labels: config.labels.clone(),
         k3s_role: config.k3s_role,
         k3s_cluster: config.k3s_cluster.clone(),
@@ -304,7 +329,13 @@ async fn run_command(args: RunArgs) -> Result<(), Failure> {
     let mut settings = SessionSettings::new(enrollment.node_id.clone(), endpoints);
     // Spread nodes over the replicas.
     settings.first_endpoint = fastrand::usize(..settings.endpoints.len());
-    let upgrader = LoggingUpgrader { allowed_executors: config.allowed_executors.clone() };
+    let upgrader = AgentUpgrader::new(
+        config.upgrade.clone(),
+        config.allowed_executors.clone(),
+        image_fetcher(&config),
+        state.clone(),
+        args.root.clone(),
+    );
     let session = Session::new(
         TlsTransport::new(credentials),
         settings,
@@ -313,6 +344,8 @@ async fn run_command(args: RunArgs) -> Result<(), Failure> {
         Arc::new(upgrader),
     );
     tracing::info!(node = %enrollment.node_id, state_dir = %state.path().display(), "starting");
+    // Before the first Hello, so it already carries the upgrade's outcome.
+    agent::resume(&state, &args.root, &config.upgrade, &session.handle()).await.map_err(failure)?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         match shutdown_signal().await {

@@ -29,6 +29,10 @@ pub const MAX_EXECUTORS: usize = 32;
 pub const MAX_EXECUTOR_NAME: usize = 64;
 /// Most server endpoints.
 pub const MAX_SERVERS: usize = 16;
+/// Most words in a configured command (program and arguments).
+pub const MAX_COMMAND_WORDS: usize = 64;
+/// Placeholders a command template may use; see [`UpgradeConfig`].
+pub const PLACEHOLDERS: [&str; 3] = ["{archive}", "{image}", "{digest}"];
 
 /// A configuration that cannot be used; each names the file or field and the rule.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +120,65 @@ pub struct ClientConfig {
     pub servers: Option<Vec<String>>,
     /// Log line format.
     pub log_format: LogFormat,
+    /// How upgrades are installed, rebooted into and checked.
+    pub upgrade: UpgradeConfig,
+}
+
+/// The `[upgrade]` section: the executor, the reboot and the health hook.
+///
+/// Commands are arrays, program first, run without a shell. Executor
+/// arguments may use `{archive}` (the pulled OCI image-layout tar),
+/// `{image}` (the target reference) and `{digest}` (its manifest digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeConfig {
+    /// The default executor (`ExecutorHints.name` empty or `kairos-agent`).
+    pub command: Vec<String>,
+    /// Appended to the executor's arguments when the upgrade is of the
+    /// recovery partition (`ExecutorHints.recovery`).
+    pub recovery_arguments: Vec<String>,
+    /// Commands of the other executors, by name; each name must also be
+    /// in `allowed_executors`.
+    pub executors: BTreeMap<String, Vec<String>>,
+    /// How long an executor may run when the desired state sets no timeout.
+    pub executor_timeout: Duration,
+    /// Reboots the node once the new image is installed.
+    pub reboot_command: Vec<String>,
+    /// How long the node may take to go down after the reboot command
+    /// returned; after it the upgrade is reported failed.
+    pub reboot_timeout: Duration,
+    /// Run after the reboot on the target release; exit 0 means healthy.
+    /// None: the node is healthy when it booted the target from active.
+    pub health_command: Option<Vec<String>>,
+    /// How long the health command may run.
+    pub health_timeout: Duration,
+}
+
+/// The default executor's name in `ExecutorHints.name` (besides the empty name).
+pub const DEFAULT_EXECUTOR: &str = "kairos-agent";
+/// Default `upgrade.executor_timeout`.
+pub const DEFAULT_EXECUTOR_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default `upgrade.reboot_timeout`.
+pub const DEFAULT_REBOOT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Default `upgrade.health_timeout`.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|w| w.to_string()).collect()
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig {
+            command: words(&["kairos-agent", "upgrade", "--source", "ocifile:{archive}"]),
+            recovery_arguments: words(&["--recovery"]),
+            executors: BTreeMap::new(),
+            executor_timeout: DEFAULT_EXECUTOR_TIMEOUT,
+            reboot_command: words(&["reboot"]),
+            reboot_timeout: DEFAULT_REBOOT_TIMEOUT,
+            health_command: None,
+            health_timeout: DEFAULT_HEALTH_TIMEOUT,
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -128,6 +191,7 @@ impl Default for ClientConfig {
             allowed_executors: Vec::new(),
             servers: None,
             log_format: LogFormat::Human,
+            upgrade: UpgradeConfig::default(),
         }
     }
 }
@@ -146,6 +210,22 @@ struct RawConfig {
     allowed_executors: Vec<String>,
     servers: Option<Vec<String>>,
     log_format: Option<String>,
+    upgrade: Option<RawUpgrade>,
+}
+
+/// `[upgrade]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpgrade {
+    command: Option<Vec<String>>,
+    recovery_arguments: Option<Vec<String>>,
+    #[serde(default)]
+    executors: BTreeMap<String, Vec<String>>,
+    executor_timeout: Option<String>,
+    reboot_command: Option<Vec<String>>,
+    reboot_timeout: Option<String>,
+    health_command: Option<Vec<String>>,
+    health_timeout: Option<String>,
 }
 
 impl ClientConfig {
@@ -196,6 +276,10 @@ impl ClientConfig {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(invalid("log_format", "must be `human` or `json`", other)),
         };
+        let upgrade = match raw.upgrade {
+            None => UpgradeConfig::default(),
+            Some(raw_upgrade) => parse_upgrade(raw_upgrade, &raw.allowed_executors)?,
+        };
         Ok(ClientConfig {
             state_dir,
             labels: raw.labels,
@@ -204,8 +288,97 @@ impl ClientConfig {
             allowed_executors: raw.allowed_executors,
             servers: raw.servers,
             log_format,
+            upgrade,
         })
     }
+}
+
+fn parse_upgrade(raw: RawUpgrade, allowed_executors: &[String]) -> Result<UpgradeConfig, ConfigError> {
+    let defaults = UpgradeConfig::default();
+    let command = raw.command.unwrap_or(defaults.command);
+    check_command("upgrade.command", &command, true)?;
+    let recovery_arguments = raw.recovery_arguments.unwrap_or(defaults.recovery_arguments);
+    check_arguments("upgrade.recovery_arguments", &recovery_arguments, true)?;
+    for (name, command) in &raw.executors {
+        let field = format!("upgrade.executors.{name}");
+        check_executor(name)
+            .map_err(|_| invalid(&field, "the name must be 1 to 64 characters of A-Z a-z 0-9 . _ -", name.as_str()))?;
+        if name == DEFAULT_EXECUTOR {
+            return Err(invalid(field, "the default executor is set with upgrade.command", name.as_str()));
+        }
+        if !allowed_executors.contains(name) {
+            return Err(invalid(field, "the executor must also be listed in allowed_executors", name.as_str()));
+        }
+        check_command(&field, command, true)?;
+    }
+    let executor_timeout = timeout_of("upgrade.executor_timeout", raw.executor_timeout, defaults.executor_timeout)?;
+    let reboot_command = raw.reboot_command.unwrap_or(defaults.reboot_command);
+    check_command("upgrade.reboot_command", &reboot_command, false)?;
+    let reboot_timeout = timeout_of("upgrade.reboot_timeout", raw.reboot_timeout, defaults.reboot_timeout)?;
+    if let Some(health) = &raw.health_command {
+        check_command("upgrade.health_command", health, false)?;
+    }
+    let health_timeout = timeout_of("upgrade.health_timeout", raw.health_timeout, defaults.health_timeout)?;
+    Ok(UpgradeConfig {
+        command,
+        recovery_arguments,
+        executors: raw.executors,
+        executor_timeout,
+        reboot_command,
+        reboot_timeout,
+        health_command: raw.health_command,
+        health_timeout,
+    })
+}
+
+/// A positive duration such as `30m`; `default` when unset.
+fn timeout_of(field: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(text) = text else { return Ok(default) };
+    let duration = parse_duration(&text).map_err(|e| invalid(field, e, text.as_str()))?;
+    if duration.is_zero() {
+        return Err(invalid(field, "must be longer than zero", text));
+    }
+    Ok(duration)
+}
+
+/// A command: a non-empty program and at most [`MAX_COMMAND_WORDS`] words;
+/// `placeholders` allows the [`PLACEHOLDERS`] in its arguments.
+fn check_command(field: &str, command: &[String], placeholders: bool) -> Result<(), ConfigError> {
+    let Some(program) = command.first() else {
+        return Err(invalid(field, "must name a program, e.g. [\"/usr/bin/true\"]", "[]"));
+    };
+    if program.trim().is_empty() || program.contains('{') {
+        return Err(invalid(field, "the program (first word) must be a plain path or name", program.as_str()));
+    }
+    check_arguments(field, &command[1..], placeholders)
+}
+
+fn check_arguments(field: &str, arguments: &[String], placeholders: bool) -> Result<(), ConfigError> {
+    if arguments.len() >= MAX_COMMAND_WORDS {
+        return Err(invalid(field, format!("at most {MAX_COMMAND_WORDS} words"), arguments.len().to_string()));
+    }
+    for word in arguments {
+        if word.contains('\0') {
+            return Err(invalid(field, "a word must not contain NUL", word.as_str()));
+        }
+        let mut rest = word.as_str();
+        while let Some(start) = rest.find(['{', '}']) {
+            let tail = &rest[start..];
+            let known = PLACEHOLDERS.iter().find(|p| tail.starts_with(**p));
+            match known {
+                Some(p) if placeholders => rest = &tail[p.len()..],
+                _ => {
+                    let rule = if placeholders {
+                        "braces may only form {archive}, {image} or {digest}"
+                    } else {
+                        "this command takes no placeholders (no braces)"
+                    };
+                    return Err(invalid(field, rule, word.as_str()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A label key is an optional DNS prefix and `/`, then 1 to 63 characters
@@ -341,6 +514,66 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = ClientConfig::parse("heartbeat = 5").expect_err("unknown key");
         assert!(err.to_string().contains("heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn upgrade_section_defaults_to_kairos_agent_and_reboot() {
+        let config = ClientConfig::parse("").expect("empty");
+        assert_eq!(config.upgrade, UpgradeConfig::default());
+        assert_eq!(config.upgrade.command, ["kairos-agent", "upgrade", "--source", "ocifile:{archive}"]);
+        assert_eq!(config.upgrade.reboot_command, ["reboot"]);
+        assert_eq!(config.upgrade.health_command, None);
+        let config = ClientConfig::parse("[upgrade]\n").expect("empty section");
+        assert_eq!(config.upgrade, UpgradeConfig::default());
+    }
+
+    #[test]
+    fn upgrade_section_parses() {
+        let config = ClientConfig::parse(
+            r#"
+            allowed_executors = ["custom"]
+            [upgrade]
+            command = ["/opt/agent", "upgrade", "--source", "ocifile:{archive}", "--ref={image}@{digest}"]
+            recovery_arguments = []
+            executors = { custom = ["/opt/custom", "{archive}"] }
+            executor_timeout = "45m"
+            reboot_command = ["systemctl", "reboot"]
+            reboot_timeout = "5m"
+            health_command = ["/opt/health", "--quick"]
+            health_timeout = "30s"
+            "#,
+        )
+        .expect("valid");
+        let upgrade = config.upgrade;
+        assert_eq!(upgrade.command[0], "/opt/agent");
+        assert!(upgrade.recovery_arguments.is_empty());
+        assert_eq!(upgrade.executors.get("custom").map(Vec::len), Some(2));
+        assert_eq!(upgrade.executor_timeout, Duration::from_secs(45 * 60));
+        assert_eq!(upgrade.reboot_timeout, Duration::from_secs(5 * 60));
+        assert_eq!(upgrade.health_command.as_deref().map(<[String]>::len), Some(2));
+        assert_eq!(upgrade.health_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn invalid_upgrade_values_name_their_key() {
+        let upgrade = |body: &str| field_of(&format!("allowed_executors = [\"custom\"]\n[upgrade]\n{body}\n"));
+        assert_eq!(upgrade("command = []"), "upgrade.command");
+        assert_eq!(upgrade("command = [\"\"]"), "upgrade.command");
+        assert_eq!(upgrade("command = [\"a\", \"{archve}\"]"), "upgrade.command");
+        assert_eq!(upgrade("command = [\"a\", \"{archive\"]"), "upgrade.command");
+        assert_eq!(upgrade("recovery_arguments = [\"{x}\"]"), "upgrade.recovery_arguments");
+        assert_eq!(upgrade("executors = { other = [\"a\"] }"), "upgrade.executors.other");
+        assert_eq!(upgrade("executors = { custom = [] }"), "upgrade.executors.custom");
+        assert_eq!(upgrade("executors = { kairos-agent = [\"a\"] }"), "upgrade.executors.kairos-agent");
+        assert_eq!(upgrade("executor_timeout = \"0s\""), "upgrade.executor_timeout");
+        assert_eq!(upgrade("executor_timeout = \"soon\""), "upgrade.executor_timeout");
+        assert_eq!(upgrade("reboot_command = []"), "upgrade.reboot_command");
+        assert_eq!(upgrade("reboot_command = [\"reboot\", \"{image}\"]"), "upgrade.reboot_command");
+        assert_eq!(upgrade("reboot_timeout = \"0ms\""), "upgrade.reboot_timeout");
+        assert_eq!(upgrade("health_command = []"), "upgrade.health_command");
+        assert_eq!(upgrade("health_timeout = \"-1s\""), "upgrade.health_timeout");
+        let err = ClientConfig::parse("[upgrade]\nreboot = [\"x\"]\n").expect_err("unknown key");
+        assert!(err.to_string().contains("reboot"), "{err}");
     }
 
     #[test]

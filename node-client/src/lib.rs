@@ -11,11 +11,13 @@
 //! hello       what the node says about itself at the start of every stream
 //! session     connect, hello, heartbeats, status resend, reconnect with backoff
 //! upgrader    the seam for acting on desired state
+//! agent       the upgrader of `run`: executor, reboot, outcome after the reboot
 //! simulate    N virtual nodes in one process
 //! cli         the command line (clap) shared by the binary and its tests
 //! ```
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod enroll;

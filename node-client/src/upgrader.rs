@@ -2,9 +2,9 @@
 //!
 //! The session persists each new DesiredState generation and hands it to
 //! an [`Upgrader`] exactly once, with a [`Reporter`] to emit status
-//! transitions and download progress. Pulling the image and running the
-//! executor (`kairos-agent upgrade`) come with the image-pull work; until
-//! then `run` uses [`LoggingUpgrader`], and `simulate` its simulated one.
+//! transitions and download progress. `run` uses the
+//! [`AgentUpgrader`](crate::agent::AgentUpgrader), which fetches through an
+//! [`ImageFetcher`]; `simulate` uses its simulated one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -167,9 +167,8 @@ pub fn executor_allowed(name: &str, local: &[String], server: &[String]) -> bool
     name.is_empty() || (local.iter().any(|e| e == name) && (server.is_empty() || server.iter().any(|e| e == name)))
 }
 
-/// The upgrader of `run` until the image-pull work lands: it logs each
-/// desired state and reports nothing, so the control plane sees the node
-/// stay where it is.
+/// An upgrader that logs each desired state and reports nothing, so the
+/// control plane sees the node stay where it is (tests of the session).
 #[derive(Debug, Clone, Default)]
 pub struct LoggingUpgrader {
     /// The local executor allow-list, for the log line.
