@@ -11,6 +11,7 @@
 //! hello       what the node says about itself at the start of every stream
 //! session     connect, hello, heartbeats, status resend, reconnect with backoff
 //! upgrader    the seam for acting on desired state
+//! pull        pulling and verifying upgrade images (ImageFetcher)
 //! simulate    N virtual nodes in one process
 //! cli         the command line (clap) shared by the binary and its tests
 //! ```
@@ -21,6 +22,7 @@ pub mod config;
 pub mod enroll;
 pub mod hello;
 pub mod local;
+pub mod pull;
 pub mod session;
 pub mod simulate;
 pub mod state;
