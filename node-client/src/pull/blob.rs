@@ -259,3 +259,28 @@ impl Throttle {
         due.saturating_sub(self.start.elapsed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_holds_the_rate_and_no_cap_never_waits() {
+        assert_eq!(Throttle::new(0).delay(u64::MAX / 2), Duration::ZERO);
+        let mut throttle = Throttle::new(1000);
+        let wait = throttle.delay(2000);
+        assert!(wait > Duration::from_millis(1900) && wait <= Duration::from_secs(2), "{wait:?}");
+        let wait = throttle.delay(1000);
+        assert!(wait > Duration::from_millis(2900), "{wait:?}");
+    }
+
+    #[test]
+    fn only_sha256_digests_name_blob_files() {
+        let dir = Path::new("/state/images/blobs/sha256");
+        let hex = "a".repeat(64);
+        assert_eq!(blob_paths(dir, &format!("sha256:{hex}")).expect("valid").complete, dir.join(&hex));
+        for bad in ["sha256:../../etc/passwd", "sha512:aa", &format!("sha256:{}", "A".repeat(64))] {
+            assert_eq!(blob_paths(dir, bad).expect_err(bad).reason, pb::FailureReason::DigestMismatch);
+        }
+    }
+}

@@ -135,6 +135,8 @@ impl Puller {
     /// A puller with `config`, keeping blobs and archives under
     /// `<state_dir>/images/` and taking `platform` from image indexes.
     pub fn new(config: RegistryConfig, state_dir: &Path, platform: Platform) -> Puller {
+        // reqwest is built without a provider of its own.
+        kairos_controlplane::security::install_crypto_provider();
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(config.plain_http.clone()),
             platform_resolver: None,
@@ -195,6 +197,7 @@ impl Puller {
             observer,
             blobs: blobs.to_path_buf(),
             retries: self.config.retries,
+            plain_http: self.config.plain_http.contains(&source.registry),
             throttle: Mutex::new(Throttle::new(self.config.max_bytes_per_second)),
         };
         let resolved = self.resolve(&fetch, digest).await?;
@@ -263,7 +266,13 @@ impl Puller {
             blob::sha256_hex(digest)?;
             fetch.source.reference.clone_with_digest(digest.to_string())
         };
-        let (raw, top) = fetch.manifest(&reference).await?;
+        let (raw, top) = match fetch.manifest(&reference).await {
+            Ok(found) => found,
+            Err(e) if !digest.is_empty() && e.reason == pb::FailureReason::PullFailed => {
+                return Err(self.digest_not_found(fetch, digest, e).await)
+            }
+            Err(e) => return Err(e),
+        };
         if !digest.is_empty() && top != digest {
             return Err(fail(
                 pb::FailureReason::DigestMismatch,
@@ -296,6 +305,27 @@ impl Puller {
         }
         let manifest: OciImageManifest = serde_json::from_slice(&raw).map_err(|e| fetch.bad_manifest(&found, e))?;
         Ok(Resolved { raw, digest: found, media_type: entry.media_type.clone(), manifest })
+    }
+
+    /// Why the target digest could not be read: DIGEST_MISMATCH when the
+    /// tag now names another digest, else the read's own error.
+    async fn digest_not_found(&self, fetch: &Fetch<'_>, digest: &str, error: FetchError) -> FetchError {
+        let tagged = &fetch.source.reference;
+        if tagged.tag().is_none() {
+            return error;
+        }
+        match self.client.fetch_manifest_digest(tagged, &fetch.auth).await {
+            Ok(current) if current != digest => fail(
+                pb::FailureReason::DigestMismatch,
+                format!(
+                    "{}: {} has digest {current}, not the target digest {digest} ({})",
+                    fetch.source.registry,
+                    tagged.whole(),
+                    error.message
+                ),
+            ),
+            _ => error,
+        }
     }
 
     /// INSUFFICIENT_SPACE unless the images dir's file system has `needed` bytes free.
@@ -340,6 +370,7 @@ pub(crate) struct Fetch<'a> {
     observer: &'a dyn PullObserver,
     blobs: PathBuf,
     retries: u32,
+    plain_http: bool,
     throttle: Mutex<Throttle>,
 }
 
@@ -395,9 +426,16 @@ impl Fetch<'_> {
             return Err(fail(pb::FailureReason::DigestMismatch, format!("{}: {what}: {e}", self.source.registry)));
         }
         if !retryable(&error) || failures >= self.retries {
+            let hint = match &error {
+                OciDistributionError::RequestError(e) if !self.plain_http && (e.is_connect() || e.is_request()) => format!(
+                    "; registries are reached over HTTPS only: if {} speaks plain HTTP, list it in [registry] plain_http",
+                    self.source.registry
+                ),
+                _ => String::new(),
+            };
             return Err(fail(
                 pb::FailureReason::PullFailed,
-                format!("{}: {what}: {}{}", self.source.registry, describe(&error), attempts(failures)),
+                format!("{}: {what}: {}{}{hint}", self.source.registry, describe(&error), attempts(failures)),
             ));
         }
         let delay = FIRST_RETRY_DELAY.saturating_mul(1 << failures.min(8)).min(MAX_RETRY_DELAY);
