@@ -421,3 +421,33 @@ async fn plain_http_only_towards_listed_registries() {
         pushed.manifest_digest
     );
 }
+
+#[tokio::test]
+async fn mirrors_are_tried_in_order_before_the_upstream() {
+    let mirror = Registry::start(None);
+    let client = pusher();
+    // Nothing listens on the upstream nor on the first mirror.
+    let dead = |_| TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").to_string();
+    let (upstream, dead_mirror) = (dead(0), dead(1));
+    let pushed =
+        push_image(&client, &format!("{}/quay/kairos/os:v1", mirror.addr), &RegistryAuth::Anonymous, "amd64", 60).await;
+
+    let mut config = RegistryConfig {
+        plain_http: vec![upstream.clone(), dead_mirror.clone(), mirror.addr.clone()],
+        retries: 0,
+        ..RegistryConfig::default()
+    };
+    config.mirrors.insert(upstream.clone(), vec![dead_mirror.clone(), format!("{}/quay", mirror.addr)]);
+    let state = tempfile::tempdir().expect("tempdir");
+    let puller = Puller::new(config, state.path(), Platform::linux_amd64());
+    let image =
+        puller.pull(&format!("{upstream}/kairos/os:v1"), "", &Recorder::default()).await.expect("pull from the mirror");
+    assert_eq!(image.manifest_digest, pushed.manifest_digest);
+
+    // With the working mirror gone, every source's failure is reported.
+    drop(mirror);
+    let error =
+        puller.pull(&format!("{upstream}/kairos/os:v2"), "", &Recorder::default()).await.expect_err("no source left");
+    assert_eq!(error.reason, pb::FailureReason::PullFailed, "{error:?}");
+    assert!(error.message.contains(&dead_mirror) && error.message.contains(&upstream), "{}", error.message);
+}

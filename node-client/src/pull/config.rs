@@ -83,7 +83,8 @@ pub enum Credential {
         token: String,
     },
     /// A docker `config.json` whose `auths.<registry>.auth` holds
-    /// base64 `user:password`; read at each pull.
+    /// base64 `user:password`; read when the puller first talks to that
+    /// registry (the client keeps credentials for its lifetime).
     DockerConfig {
         /// Path of the file.
         docker_config: PathBuf,
