@@ -451,3 +451,29 @@ async fn mirrors_are_tried_in_order_before_the_upstream() {
     assert_eq!(error.reason, pb::FailureReason::PullFailed, "{error:?}");
     assert!(error.message.contains(&dead_mirror) && error.message.contains(&upstream), "{}", error.message);
 }
+
+#[tokio::test]
+async fn too_little_disk_space_stops_before_downloading() {
+    let registry = Registry::start(None);
+    let client = pusher();
+    let auth = RegistryAuth::Anonymous;
+    let repo = format!("{}/kairos/os", registry.addr);
+    push_image(&client, &format!("{repo}:v1"), &auth, "amd64", 70).await;
+    // The same blobs under a manifest that claims a petabyte-sized layer.
+    let reference: Reference = format!("{repo}:v1").parse().expect("reference");
+    let (raw, _) = client
+        .pull_manifest_raw(&reference, &auth, &[oci_client::manifest::OCI_IMAGE_MEDIA_TYPE])
+        .await
+        .expect("manifest");
+    let mut manifest: OciImageManifest = serde_json::from_slice(&raw).expect("manifest json");
+    manifest.layers[1].size = 1 << 50;
+    let huge: Reference = format!("{repo}:huge").parse().expect("reference");
+    client.push_manifest(&huge, &manifest.into()).await.expect("push the huge manifest");
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let puller = plain_puller(state.path(), &[&registry.addr], Platform::linux_amd64());
+    let recorder = Recorder::default();
+    let error = puller.pull(&huge.whole(), "", &recorder).await.expect_err("no room");
+    assert_eq!(error.reason, pb::FailureReason::InsufficientSpace, "{error:?}");
+    assert!(recorder.progress.lock().expect("lock").is_empty(), "progress reported before the space check");
+}
