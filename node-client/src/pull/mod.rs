@@ -209,13 +209,25 @@ impl Puller {
         }
         let mut wanted: Vec<&OciDescriptor> = vec![&resolved.manifest.config];
         wanted.extend(resolved.manifest.layers.iter());
-        let total: u64 = wanted.iter().map(|d| u64::try_from(d.size).unwrap_or(0)).sum();
-        let mut on_disk = 0;
+        let mut total = 0u64;
+        let mut on_disk = 0u64;
         for desc in &wanted {
+            let size = u64::try_from(desc.size).map_err(|_| {
+                fail(
+                    pb::FailureReason::PullFailed,
+                    format!(
+                        "{}: manifest {} gives blob {} a negative size",
+                        source.registry, resolved.digest, desc.digest
+                    ),
+                )
+            })?;
+            total = total.saturating_add(size);
             let paths = blob::blob_paths(blobs, &desc.digest)?;
             on_disk += blob::len_on_disk(&paths.complete).max(blob::len_on_disk(&paths.partial));
         }
-        self.check_space(total.saturating_sub(on_disk) + total + resolved.raw.len() as u64)?;
+        self.check_space(
+            total.saturating_sub(on_disk).saturating_add(total).saturating_add(resolved.raw.len() as u64),
+        )?;
 
         let layers_total = u32::try_from(resolved.manifest.layers.len()).unwrap_or(u32::MAX);
         let mut tracker = Tracker::new(observer, pb::NodeState::Downloading, total, layers_total);
