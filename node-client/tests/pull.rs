@@ -477,3 +477,29 @@ async fn too_little_disk_space_stops_before_downloading() {
     assert_eq!(error.reason, pb::FailureReason::InsufficientSpace, "{error:?}");
     assert!(recorder.progress.lock().expect("lock").is_empty(), "progress reported before the space check");
 }
+
+#[tokio::test]
+async fn bandwidth_cap_paces_the_download_and_progress_stays_sparse() {
+    let registry = Registry::start(None);
+    let client = pusher();
+    let reference = format!("{}/kairos/os:v1", registry.addr);
+    push_image(&client, &reference, &RegistryAuth::Anonymous, "amd64", 80).await;
+    let cap = 512 * 1024;
+    let config = RegistryConfig {
+        plain_http: vec![registry.addr.clone()],
+        max_bytes_per_second: cap,
+        ..RegistryConfig::default()
+    };
+    let state = tempfile::tempdir().expect("tempdir");
+    let puller = Puller::new(config, state.path(), Platform::linux_amd64());
+    let recorder = Recorder::default();
+    let started = Instant::now();
+    puller.pull(&reference, "", &recorder).await.expect("capped pull");
+    let elapsed = started.elapsed();
+    // Two layers of ~300 KiB at 512 KiB/s take more than a second.
+    let bytes = 2 * LAYER_BYTES as u64;
+    assert!(elapsed.as_secs_f64() > 0.9 * bytes as f64 / cap as f64, "{bytes} bytes in {elapsed:?} at {cap} B/s");
+    let sent = recorder.progress.lock().expect("lock").len();
+    // At most four a second, plus one per layer and phase end.
+    assert!(sent as f64 <= elapsed.as_secs_f64() * 4.0 + 10.0, "{sent} progress messages in {elapsed:?}");
+}
