@@ -22,7 +22,7 @@ use crate::session::{Session, SessionSettings};
 use crate::simulate::{parse_start_release, parse_storm_state, run_simulation, SimulateError, SimulateOptions};
 use crate::state::{SharedStatusLog, StateDir, STATUS_FILE};
 use crate::tls::{endpoint_host, TlsTransport};
-use crate::upgrader::{BoxFuture, FetchError, FetchedImage, ImageFetcher, Reporter};
+use crate::upgrader::ImageFetcher;
 
 /// Exit code of a usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
@@ -274,28 +274,13 @@ async fn enroll_command(args: EnrollArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The image fetcher `run` upgrades with. The one place that picks it.
-pub fn image_fetcher(_config: &ClientConfig) -> Arc<dyn ImageFetcher> {
-    Arc::new(NoPullFetcher)
-}
-
-/// Answers every fetch with PULL_FAILED: this build pulls no images, so
-/// every upgrade fails before anything on the node changes.
-struct NoPullFetcher;
-
-impl ImageFetcher for NoPullFetcher {
-    fn fetch<'a>(
-        &'a self,
-        _desired: &'a kairos_fleet_proto::fleet::v1::DesiredState,
-        _reporter: &'a Reporter,
-    ) -> BoxFuture<'a, Result<FetchedImage, FetchError>> {
-        Box::pin(async {
-            Err(FetchError {
-                reason: kairos_fleet_proto::fleet::v1::FailureReason::PullFailed,
-                message: "this build cannot pull images yet".into(),
-            })
-        })
-    }
+/// The image fetcher `run` upgrades with: pulls into `<state dir>/images`
+/// for this machine's platform, as the `[registry]` section says.
+pub fn image_fetcher(config: &ClientConfig, state_dir: &std::path::Path) -> Result<Arc<dyn ImageFetcher>, String> {
+    let platform = crate::pull::Platform::current().ok_or_else(|| {
+        format!("this machine's CPU ({}) has no Kairos images: only amd64 and arm64 do", std::env::consts::ARCH)
+    })?;
+    Ok(Arc::new(crate::pull::Puller::new(config.registry.clone(), state_dir, platform)))
 }
 
 async fn run_command(args: RunArgs) -> Result<(), Failure> {
@@ -332,7 +317,7 @@ async fn run_command(args: RunArgs) -> Result<(), Failure> {
     let upgrader = AgentUpgrader::new(
         config.upgrade.clone(),
         config.allowed_executors.clone(),
-        image_fetcher(&config),
+        image_fetcher(&config, state.path()).map_err(usage)?,
         state.clone(),
         args.root.clone(),
     );

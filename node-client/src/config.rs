@@ -122,6 +122,9 @@ pub struct ClientConfig {
     pub log_format: LogFormat,
     /// How upgrades are installed, rebooted into and checked.
     pub upgrade: UpgradeConfig,
+    /// Where upgrade images are pulled from: default registry, mirrors,
+    /// credentials, plain-HTTP registries, bandwidth cap.
+    pub registry: crate::pull::RegistryConfig,
 }
 
 /// The `[upgrade]` section: the executor, the reboot and the health hook.
@@ -192,6 +195,7 @@ impl Default for ClientConfig {
             servers: None,
             log_format: LogFormat::Human,
             upgrade: UpgradeConfig::default(),
+            registry: crate::pull::RegistryConfig::default(),
         }
     }
 }
@@ -211,6 +215,8 @@ struct RawConfig {
     servers: Option<Vec<String>>,
     log_format: Option<String>,
     upgrade: Option<RawUpgrade>,
+    #[serde(default)]
+    registry: crate::pull::RegistryConfig,
 }
 
 /// `[upgrade]` as written.
@@ -289,6 +295,7 @@ impl ClientConfig {
             servers: raw.servers,
             log_format,
             upgrade,
+            registry: raw.registry,
         })
     }
 }

@@ -12,6 +12,7 @@
 //! session     connect, hello, heartbeats, status resend, reconnect with backoff
 //! upgrader    the seam for acting on desired state
 //! agent       the upgrader of `run`: executor, reboot, outcome after the reboot
+//! pull        pulling and verifying upgrade images (ImageFetcher)
 //! simulate    N virtual nodes in one process
 //! cli         the command line (clap) shared by the binary and its tests
 //! ```
@@ -23,6 +24,7 @@ pub mod config;
 pub mod enroll;
 pub mod hello;
 pub mod local;
+pub mod pull;
 pub mod session;
 pub mod simulate;
 pub mod state;
