@@ -5,12 +5,12 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kairos_fleet_proto::fleet::v1 as pb;
+use kairos_fleet_testkit::LocalRegistry;
 use kairos_node_client::pull::{Credential, Platform, PullObserver, Puller, RegistryConfig};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OciImageIndex, OciImageManifest};
@@ -18,75 +18,35 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DOCKER_REGISTRY: &str = "/usr/bin/docker-registry";
 const LAYER_BYTES: usize = 300 * 1024;
 
-/// A docker-registry process, killed on drop.
+/// A docker-registry (the shared test registry), optionally with basic auth.
 struct Registry {
-    child: Child,
-    dir: tempfile::TempDir,
+    inner: LocalRegistry,
     addr: String,
+    /// Holds the htpasswd file while the registry runs.
+    _auth: tempfile::TempDir,
 }
 
 impl Registry {
     /// Starts a registry; with `htpasswd` (user, password) it requires them.
-    fn start(htpasswd: Option<(&str, &str)>) -> Registry {
-        assert!(
-            Path::new(DOCKER_REGISTRY).exists(),
-            "{DOCKER_REGISTRY} is missing: run scripts/test, which installs Debian's docker-registry"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
-        );
+    async fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        let auth = tempfile::tempdir().expect("tempdir");
+        let mut extra = String::new();
         if let Some((user, password)) = htpasswd {
             let hash = bcrypt::hash(password, 4).expect("bcrypt");
-            let path = dir.path().join("htpasswd");
+            let path = auth.path().join("htpasswd");
             std::fs::write(&path, format!("{user}:{hash}\n")).expect("write htpasswd");
-            config.push_str(&format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", path.display()));
+            extra = format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", path.display());
         }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
-        let child = Command::new(DOCKER_REGISTRY)
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Registry { child, dir, addr };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(&registry.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {}: {}",
-                registry.addr,
-                registry.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        registry
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+        let inner = LocalRegistry::start_with(&extra).await;
+        Registry { addr: inner.addr().to_string(), inner, _auth: auth }
     }
 
     /// The file docker-registry keeps `digest`'s bytes in.
     fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
-        self.dir.path().join(format!("data/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.inner.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
     }
 }
 
@@ -182,7 +142,7 @@ fn blob_name(digest: &str) -> String {
 
 #[tokio::test]
 async fn index_yields_the_manifest_of_the_node_platform() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(None).await;
     let client = pusher();
     let auth = RegistryAuth::Anonymous;
     let repo = format!("{}/kairos/os", registry.addr);
@@ -254,7 +214,7 @@ async fn index_yields_the_manifest_of_the_node_platform() {
 
 #[tokio::test]
 async fn tampered_blob_is_refused_and_deleted() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(None).await;
     let client = pusher();
     let reference = format!("{}/kairos/os:v1", registry.addr);
     let pushed = push_image(&client, &reference, &RegistryAuth::Anonymous, "amd64", 20).await;
@@ -344,7 +304,7 @@ impl CuttingProxy {
 
 #[tokio::test]
 async fn interrupted_download_resumes_with_a_range_request() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(None).await;
     let client = pusher();
     let path = "kairos/os:v1";
     let pushed = push_image(&client, &format!("{}/{path}", registry.addr), &RegistryAuth::Anonymous, "amd64", 30).await;
@@ -375,7 +335,7 @@ async fn interrupted_download_resumes_with_a_range_request() {
 
 #[tokio::test]
 async fn credentials_are_required_and_checked() {
-    let registry = Registry::start(Some(("robot", "s3cret")));
+    let registry = Registry::start(Some(("robot", "s3cret"))).await;
     let client = pusher();
     let reference = format!("{}/kairos/os:v1", registry.addr);
     let auth = RegistryAuth::Basic("robot".into(), "s3cret".into());
@@ -402,7 +362,7 @@ async fn credentials_are_required_and_checked() {
 
 #[tokio::test]
 async fn plain_http_only_towards_listed_registries() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(None).await;
     let client = pusher();
     let reference = format!("{}/kairos/os:v1", registry.addr);
     let pushed = push_image(&client, &reference, &RegistryAuth::Anonymous, "amd64", 50).await;
@@ -424,7 +384,7 @@ async fn plain_http_only_towards_listed_registries() {
 
 #[tokio::test]
 async fn mirrors_are_tried_in_order_before_the_upstream() {
-    let mirror = Registry::start(None);
+    let mirror = Registry::start(None).await;
     let client = pusher();
     // Nothing listens on the upstream nor on the first mirror.
     let dead = |_| TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").to_string();
@@ -454,7 +414,7 @@ async fn mirrors_are_tried_in_order_before_the_upstream() {
 
 #[tokio::test]
 async fn too_little_disk_space_stops_before_downloading() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(None).await;
     let client = pusher();
     let auth = RegistryAuth::Anonymous;
     let repo = format!("{}/kairos/os", registry.addr);
@@ -480,7 +440,7 @@ async fn too_little_disk_space_stops_before_downloading() {
 
 #[tokio::test]
 async fn bandwidth_cap_paces_the_download_and_progress_stays_sparse() {
-    let registry = Registry::start(None);
+    let registry = Registry::start(None).await;
     let client = pusher();
     let reference = format!("{}/kairos/os:v1", registry.addr);
     push_image(&client, &reference, &RegistryAuth::Anonymous, "amd64", 80).await;
