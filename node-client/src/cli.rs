@@ -55,6 +55,31 @@ pub enum Command {
     Run(RunArgs),
     /// Run many virtual nodes in this process against a control plane (load test).
     Simulate(SimulateArgs),
+    /// Pull one image as an upgrade would (registry settings from the
+    /// configuration) and print where the verified archive is.
+    Pull(PullArgs),
+}
+
+/// `pull` options.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image reference, e.g. `quay.io/kairos/opensuse:leap-15.6-core-amd64-generic-v3.5.1`.
+    pub image: String,
+    /// Digest the image must have (`sha256:...`); default: what the tag names.
+    #[arg(long, default_value = "")]
+    pub digest: String,
+    /// Configuration file (its `[registry]` section); a missing file means defaults.
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// State dir to pull into (`<dir>/images`); overrides `state_dir` of the configuration.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Platform to pick from an image index: `amd64` or `arm64`; default: this machine's.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Registries to reach over plain HTTP, in addition to the configuration's.
+    #[arg(long = "plain-http", value_name = "HOST[:PORT]")]
+    pub plain_http: Vec<String>,
 }
 
 /// `enroll` options.
@@ -182,6 +207,7 @@ pub fn execute(cli: Cli) -> ExitCode {
                     Command::Enroll(args) => enroll_command(args).await,
                     Command::Run(args) => run_command(args).await,
                     Command::Simulate(args) => simulate_command(args).await,
+                    Command::Pull(args) => pull_command(args).await,
                     Command::Identity { .. } => Ok(()),
                 }
             }),
@@ -271,6 +297,64 @@ async fn enroll_command(args: EnrollArgs) -> Result<(), Failure> {
     println!("state dir        {}", args.state_dir.display());
     println!("servers          {}", e.server_endpoints.join(", "));
     println!("certificate until {}", e.cert_not_after);
+    Ok(())
+}
+
+/// Progress of `pull` on stderr, one line per phase and per second.
+struct PrintProgress {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl crate::pull::PullObserver for PrintProgress {
+    fn phase(&self, state: kairos_fleet_proto::fleet::v1::NodeState) {
+        eprintln!("{}", state.as_str_name().trim_start_matches("NODE_STATE_").to_lowercase());
+    }
+
+    fn progress(&self, p: kairos_fleet_proto::fleet::v1::Progress) {
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) && p.bytes_done < p.bytes_total {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        eprintln!(
+            "  {} / {} bytes, {} / {} layers, {} bytes/s",
+            p.bytes_done, p.bytes_total, p.layers_done, p.layers_total, p.bytes_per_second
+        );
+    }
+
+    fn cancelled(&self) -> Option<String> {
+        None
+    }
+}
+
+async fn pull_command(args: PullArgs) -> Result<(), Failure> {
+    let mut config = ClientConfig::load(&args.config).map_err(usage)?;
+    config.registry.plain_http.extend(args.plain_http.iter().cloned());
+    let state_dir = args.state_dir.clone().unwrap_or(config.state_dir.clone());
+    let platform = match args.arch.as_deref() {
+        None => crate::pull::Platform::current()
+            .ok_or_else(|| usage("--arch: this machine's CPU has no Kairos images; say amd64 or arm64"))?,
+        Some("amd64") => crate::pull::Platform::linux_amd64(),
+        Some("arm64") => crate::pull::Platform::linux_arm64(),
+        Some(other) => return Err(usage(format!("--arch: must be amd64 or arm64, got {other:?}"))),
+    };
+    std::fs::create_dir_all(&state_dir).map_err(|e| usage(format!("--state-dir {}: {e}", state_dir.display())))?;
+    let puller = crate::pull::Puller::new(config.registry.clone(), &state_dir, platform);
+    let started = std::time::Instant::now();
+    let observer = PrintProgress { last: std::sync::Mutex::new(None) };
+    let image = puller
+        .pull(&args.image, args.digest.trim(), &observer)
+        .await
+        .map_err(|e| Failure { code: EXIT_FAILURE, message: format!("{}: {}", e.reason.as_str_name(), e.message) })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let report = serde_json::json!({
+        "archive": image.archive,
+        "manifest_digest": image.manifest_digest,
+        "size": image.size,
+        "seconds": seconds,
+        "bytes_per_second": (image.size as f64 / seconds.max(1e-9)).round(),
+    });
+    println!("{report}");
     Ok(())
 }
 
