@@ -247,7 +247,7 @@ fn a_rollout_takes_a_real_node_client_through_pull_install_reboot_and_reports_a_
     wait_phase(&cluster, &node, &id, "paused");
     let failed = node_json(&cluster);
     let state = failed["state"].as_str().unwrap_or_default().to_string();
-    assert!(state == "rolled-back" || state == "failed", "{failed}\n{}", node.logs());
+    assert_eq!(state, "rolled-back", "a fallback boot is reported as rolled back: {failed}\n{}", node.logs());
     let status = ok_stdout(&cluster.ctl(&["rollout", "status", &id, "--nodes", "-o", "json"]), "status");
     assert!(status.to_lowercase().contains("fallback"), "the reason names the fallback boot: {status}");
     assert_eq!(failed["release"], "v2.4.3", "the node stays on its old release: {failed}");
