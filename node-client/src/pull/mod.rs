@@ -504,19 +504,7 @@ fn describe(error: &OciDistributionError) -> String {
             let codes: Vec<String> = envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect();
             format!("the registry refused: {}", codes.join(", "))
         }
-        other => {
-            let mut text = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(e) = cause {
-                let line = e.to_string();
-                if !text.contains(&line) {
-                    text.push_str(": ");
-                    text.push_str(&line);
-                }
-                cause = e.source();
-            }
-            text
-        }
+        other => kairos_controlplane::error_text::chain(other),
     }
 }
 

@@ -115,7 +115,7 @@ pub enum RegistryError {
     /// No connection (DNS, TCP, TLS) or the connection broke.
     #[error(
         "{registry}: {operation}: cannot talk {scheme} to it: {}{}",
-        chain(source),
+        crate::error_text::chain(source),
         plain_http_hint(registry, scheme)
     )]
     Unreachable {
@@ -221,22 +221,6 @@ fn plain_http_hint(registry: &str, scheme: &str) -> String {
     } else {
         String::new()
     }
-}
-
-/// An error and its causes, `: `-separated (reqwest keeps the useful part,
-/// e.g. the TLS alert, in the causes).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        let line = e.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        cause = e.source();
-    }
-    text
 }
 
 /// The tags a repository listed; `error` tells why the listing stopped
@@ -513,7 +497,7 @@ impl Registry {
                 let reason: String = reason.chars().take(200).collect();
                 self.classify_status(operation, 401, String::new(), reason)
             }
-            other => self.protocol(operation, chain(&other)),
+            other => self.protocol(operation, crate::error_text::chain(&other)),
         }
     }
 }
