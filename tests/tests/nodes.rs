@@ -155,7 +155,7 @@ fn heartbeats_of_a_thousand_nodes_for_a_minute_add_no_raft_entries() {
     start_all(&mut cluster);
     let count = 1000;
     let sim = Simulator::start(&cluster, &[1, 2, 3], count, "10m");
-    wait_for("every simulated node online", Duration::from_secs(90), || {
+    wait_for("every simulated node online", Duration::from_secs(180), || {
         let nodes = list_nodes(&cluster)?;
         (nodes.len() == count && nodes.iter().all(|n| online_via(n).is_some())).then_some(())
     });
