@@ -282,3 +282,28 @@ mod tests {
         assert!(parse(torn).is_err());
     }
 }
+
+/// Most intervals `[start, end)` open at once.
+pub fn max_overlap(intervals: &[(u64, u64)]) -> usize {
+    let mut edges: Vec<(u64, i32)> = intervals.iter().flat_map(|(s, e)| [(*s, 1), (*e, -1)]).collect();
+    // An interval ending at t closes before one starting at t opens.
+    edges.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        most = most.max(open);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::max_overlap;
+
+    #[test]
+    fn overlaps_are_counted_and_touching_intervals_are_not() {
+        assert_eq!(max_overlap(&[(0, 10), (5, 15), (10, 20)]), 2);
+        assert_eq!(max_overlap(&[(0, 10), (10, 20)]), 1);
+        assert_eq!(max_overlap(&[]), 0);
+    }
+}
