@@ -1,367 +1,490 @@
-//! The demo: a simulated fleet across every flavor, variant and architecture
-//! of the support matrix, upgraded by a staged patch rollout.
+//! `kairos-controlplane demo`: the whole product on one machine, offline.
 //!
-//! It runs the real domain — versioning policy, wave planner, rollout state
-//! machine — against simulated nodes on simulated time, so a rollout that
-//! would take hours on devices plays out in seconds. One image family's
-//! canary fails on purpose: the rollout pauses and says why, the operator
-//! fixes the image and resumes, and the run ends with the fleet report.
+//! It lays out a single-replica cluster in a local folder (sled store, CA,
+//! admin token, a kairosctl config), starts the replica in this process,
+//! and starts a simulated fleet of node clients — one per machine, each
+//! enrolling with its own key and holding its own mTLS stream, exactly as
+//! `kairos-node-client simulate` does — across every flavor, variant and
+//! architecture of the support matrix. Then it runs, through kairosctl, a
+//! staged patch rollout in which one image family's canary fails: the
+//! rollout pauses, the demo shows why, publishes the fix, resumes, and
+//! ends with the fleet report. Every step is printed as the kairosctl
+//! command an operator would type, followed by its real output.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
-use std::io::{self, Write};
-use std::time::Duration;
+use std::fmt;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use clap::Parser;
+use kairos_node_client::simulate::{SimulateOptions, Simulation};
 use semver::Version;
-use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
+use crate::cli::{self, Cli, CliError};
 use crate::fleet::image::{ImageRef, RegistryPrefix, TagGrammar};
-use crate::fleet::matrix::SEED_FLAVORS;
-use crate::fleet::model::{ImageFamily, K3sMembership, K3sRole, NodeFacts, NodeId, SoftwareVersion, Target, Variant};
-use crate::fleet::planner::plan_waves;
-use crate::fleet::policy::{check_move, resolve_destination, ChangeClass, PolicyOptions, ReleaseCatalog};
-use crate::fleet::report::FleetReport;
-use crate::fleet::rollout::{Action, Event, NodeAssignment, NodeReport, Phase, Rollout, RolloutEvent};
-use crate::fleet::strategy::{format_duration, Millis, Strategy, WaveSpec, MINUTE};
+use crate::fleet::matrix::{seed_families, SEED_FLAVORS};
+use crate::fleet::model::{K8sDistro, SoftwareVersion, Variant};
+use crate::replica::RaftTuning;
+use crate::security::bootstrap::{self, InitOptions, ReplicaSpec};
+use crate::serve::{self, ServeOptions};
+use crate::sessions::SessionSettings;
+
+/// The release the simulated fleet starts on.
+pub const FROM: &str = "v1.5.0";
+/// The patch release the demo rolls out.
+pub const TO: &str = "v1.5.1";
+/// The k3s line of the standard images.
+const K3S: &str = "k3sv1.26.1-k3s1";
+/// File in the demo folder that marks it as the demo's own, so a new run
+/// may wipe it.
+const MARKER_FILE: &str = ".kairos-demo";
+/// File of the simulated nodes' failure rules (see `--fail-file` of
+/// `kairos-node-client simulate`).
+const FAIL_FILE: &str = "fail-rules";
 
 /// Settings of a demo run.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Number of simulated nodes (at least 16, one per seed image family).
+    /// Number of simulated nodes (at least one per seed image family).
     pub nodes: usize,
-    /// Real time to wait after each printed line, so a person can follow.
-    pub pace: Duration,
-    /// Flavor id whose standard canary fails until the operator fixes it.
+    /// Folder of the demo's cluster; wiped at the start if an earlier demo
+    /// made it, refused if it holds anything else.
+    pub data_dir: PathBuf,
+    /// Flavor id whose standard canary fails until the fix is published.
     pub failing_flavor: String,
+    /// Time each simulated upgrade step (download, install, reboot) takes.
+    pub upgrade_step: Duration,
+    /// After the report, keep the control plane and the fleet running until
+    /// Ctrl-C, for kairosctl to explore.
+    pub keep_serving: bool,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        Self { nodes: 120, pace: Duration::from_millis(60), failing_flavor: "alpine-arm-rpi".into() }
+        DemoOptions {
+            nodes: 120,
+            data_dir: PathBuf::from("kairos-demo"),
+            failing_flavor: "alpine-arm-rpi".into(),
+            upgrade_step: Duration::from_millis(700),
+            keep_serving: false,
+        }
     }
 }
 
 /// What the demo ended with, for tests and the exit code.
 #[derive(Debug, Clone)]
 pub struct DemoOutcome {
-    /// Final phase name of the rollout.
-    pub phase: &'static str,
-    /// Why the rollout paused on its way, if it did.
+    /// The rollout's id.
+    pub rollout_id: String,
+    /// Its final phase, e.g. `completed`.
+    pub phase: String,
+    /// Why it paused on its way (the server's message), if it did.
     pub pause_reason: Option<String>,
-    /// Nodes refused by the versioning policy (node, rule).
-    pub refused: Vec<(NodeId, String)>,
-    /// Nodes on the target release at the end.
-    pub upgraded: usize,
-    /// The order waves started in, with their sizes.
-    pub waves: Vec<usize>,
-    /// The fleet report at the end.
-    pub report: FleetReport,
+    /// Nodes the rollout covered.
+    pub total: u64,
+    /// Nodes healthy on the target at the end.
+    pub healthy: u64,
+    /// Nodes enrolled by the simulated fleet.
+    pub enrolled: u64,
 }
 
-const FROM: &str = "1.5.0";
-const TO: &str = "1.5.1";
-const AHEAD: &str = "1.6.0";
-
-struct SimNode {
-    facts: NodeFacts,
-    image: String,
+/// Why the demo could not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// An option is not usable; the message names it.
+    #[error("{0}")]
+    Usage(String),
+    /// The demo folder could not be prepared.
+    #[error("{0}")]
+    Folder(String),
+    /// The control plane did not start.
+    #[error("starting the control plane: {0}")]
+    Serve(#[from] serve::ServeError),
+    /// The simulated fleet did not start or failed.
+    #[error("simulated fleet: {0}")]
+    Fleet(String),
+    /// A kairosctl step failed.
+    #[error("`kairosctl {command}` failed: {error}")]
+    Step {
+        /// The command, without the connection flags.
+        command: String,
+        /// Its error and hint.
+        error: String,
+    },
+    /// Something did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
-/// Stable pseudo-random number in `0..n` for `(salt, key)`; the demo must
-/// replay identically, so no global RNG.
-fn pick(salt: &str, key: &str, n: u64) -> u64 {
-    let digest = Sha256::new().chain_update(salt).chain_update([0]).chain_update(key).finalize();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(b) % n.max(1)
+/// Checks `opts` before anything is started.
+pub fn check(opts: &DemoOptions) -> Result<(), DemoError> {
+    let families = seed_families().len();
+    if opts.nodes < families {
+        return Err(DemoError::Usage(format!(
+            "--nodes: at least {families} (one per seed image family), got {}",
+            opts.nodes
+        )));
+    }
+    if !SEED_FLAVORS.iter().any(|f| f.id == opts.failing_flavor) {
+        let known: Vec<&str> = SEED_FLAVORS.iter().map(|f| f.id).collect();
+        return Err(DemoError::Usage(format!(
+            "--failing-flavor: {:?} is not a seed flavor (one of {})",
+            opts.failing_flavor,
+            known.join(", ")
+        )));
+    }
+    Ok(())
 }
 
-fn k3s(v: &str) -> Option<SoftwareVersion> {
-    SoftwareVersion::parse(v, None).ok()
+/// The container images of every seed image family at `release`.
+pub fn seed_images(release: &str) -> Vec<String> {
+    let Ok(version) = Version::parse(release.trim_start_matches('v')) else { return Vec::new() };
+    let k3s = SoftwareVersion::parse(K3S, Some(K8sDistro::K3s)).ok();
+    seed_families()
+        .iter()
+        .filter_map(|family| {
+            let software = if family.variant == Variant::Standard { k3s.as_ref() } else { None };
+            ImageRef::for_target(&RegistryPrefix::default(), family, TagGrammar::V1, &version, software)
+                .ok()
+                .map(|r| r.to_string())
+        })
+        .collect()
 }
 
-fn version(s: &str) -> Version {
-    // The demo's release constants are valid semver.
-    Version::parse(s).unwrap_or_else(|_| Version::new(0, 0, 0))
-}
+/// Runs the demo, printing to `out`. Blocks until it ends (and, with
+/// `keep_serving`, until Ctrl-C).
+pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome, DemoError> {
+    check(opts)?;
+    let started = Instant::now();
+    prepare_folder(&opts.data_dir)?;
+    let port = free_port()?;
+    let spec: ReplicaSpec = format!("1=127.0.0.1:{port}").parse().map_err(|e| DemoError::Usage(format!("{e}")))?;
+    let init = InitOptions { data_dir: opts.data_dir.clone(), replicas: vec![spec], force: false };
+    bootstrap::init_cluster(&init).map_err(|e| DemoError::Folder(format!("laying out the cluster: {e}")))?;
+    let fail_file = opts.data_dir.join(FAIL_FILE);
+    write_file(&fail_file, "")?;
 
-fn image_for(family: &ImageFamily, release: &Version, software: Option<&SoftwareVersion>) -> String {
-    let prefix = RegistryPrefix::default();
-    ImageRef::for_target(&prefix, family, TagGrammar::V1, release, software)
-        .map(|r| r.to_string())
-        .unwrap_or_else(|e| format!("<{e}>"))
-}
+    let mut show = Show { out, started };
+    show.heading("A single-replica control plane");
+    let serve_opts = ServeOptions {
+        data_dir: opts.data_dir.clone(),
+        listen: None,
+        replica_id: Some(1),
+        join: None,
+        raft: RaftTuning::default(),
+        // Nodes heartbeat every 2 s, so one that vanishes shows within seconds.
+        sessions: SessionSettings::with_heartbeat(Duration::from_secs(2)),
+        registry_plain_http: Vec::new(),
+    };
+    let replica = serve::start(&serve_opts).await?;
+    let config = opts.data_dir.join(bootstrap::KAIROSCTL_CONFIG_FILE);
+    let ctl = Ctl { config: config.clone() };
+    show.note(&format!(
+        "replica 1 serves https://127.0.0.1:{port}; its sled store, CA and admin token are in {}",
+        opts.data_dir.display()
+    ));
+    wait_ready(&ctl).await?;
+    ctl.show(&mut show, &["cluster", "status"]).await?;
 
-/// Builds the simulated fleet: every seed family, standard nodes grouped in
-/// k3s clusters of three servers and two agents, a few nodes on a release
-/// ahead of the target that the catalog does not know (refused as
-/// downgrades) and one already on the target.
-fn build_fleet(count: usize) -> (Vec<SimNode>, ReleaseCatalog) {
-    let families: Vec<ImageFamily> =
-        SEED_FLAVORS.iter().flat_map(|f| [f.family(Variant::Core), f.family(Variant::Standard)]).collect();
-    let software = k3s("k3sv1.26.1-k3s1");
-    let mut catalog = ReleaseCatalog::new();
-    for fam in &families {
-        let sw = if fam.variant == Variant::Standard { software.clone() } else { None };
-        for r in [FROM, TO] {
-            catalog.add(fam.clone(), version(r), sw.clone());
+    show.heading("The release catalog");
+    let mut images = seed_images(FROM);
+    images.extend(seed_images(TO));
+    let mut add = vec!["releases", "add"];
+    add.extend(images.iter().map(String::as_str));
+    show.command(&format!(
+        "releases add {} ... ({} images: every seed family at {FROM} and {TO})",
+        images[0],
+        images.len()
+    ));
+    ctl.run_quiet(&add).await?;
+    ctl.show(&mut show, &["releases", "list", "--flavor", "ubuntu"]).await?;
+
+    show.heading(&format!("A simulated fleet of {} nodes", opts.nodes));
+    let uses = opts.nodes.to_string();
+    let created = ctl.json(&["enroll-tokens", "create", "--uses", &uses, "--ttl", "1h"]).await?;
+    show.command(&format!("enroll-tokens create --uses {uses} --ttl 1h"));
+    let secret = created["secret"].as_str().unwrap_or_default().to_string();
+    let ca_pem = std::fs::read_to_string(opts.data_dir.join("ca.pem"))
+        .map_err(|e| DemoError::Folder(format!("reading the cluster CA: {e}")))?;
+    let (stop_fleet, stop_rx) = watch::channel(false);
+    let sim_opts = SimulateOptions {
+        servers: vec![format!("https://127.0.0.1:{port}")],
+        token: secret,
+        count: opts.nodes,
+        ca_pem,
+        seed: 7,
+        duration: None,
+        storm_after: None,
+        storm_state: kairos_fleet_proto::fleet::v1::NodeState::Idle,
+        upgrade_step: opts.upgrade_step,
+        concurrency: 32,
+        progress: false,
+        release: Version::parse(FROM.trim_start_matches('v')).ok(),
+        fail_file: Some(fail_file.clone()),
+        history: None,
+    };
+    let fleet = Simulation::start(sim_opts, stop_rx).map_err(|e| DemoError::Fleet(e.to_string()))?;
+    show.note("each node client enrolls with its own key, gets a certificate from the replica's node CA and opens its mTLS stream");
+    wait_until("every simulated node to enroll and connect", Duration::from_secs(120), || {
+        let live = fleet.live();
+        (live.enroll_failures == 0
+            && live.enrolled as usize == opts.nodes
+            && live.sessions.connected as usize == opts.nodes)
+            .then_some(())
+    })
+    .await?;
+    wait_for_nodes(&ctl, opts.nodes).await?;
+    ctl.show(&mut show, &["fleet", "report"]).await?;
+
+    show.heading(&format!("A staged patch rollout to {TO}"));
+    let rule = format!("{}/standard\n", opts.failing_flavor);
+    write_file(&fail_file, &rule)?;
+    show.note(&format!(
+        "the {TO} image of {} standard is broken: a node that boots it falls back to its previous image",
+        opts.failing_flavor
+    ));
+    let max_unavailable = (opts.nodes / 10).max(4).to_string();
+    let create = [
+        "rollout",
+        "create",
+        "--to",
+        TO,
+        "--waves",
+        "1,25%,100%",
+        "--max-unavailable",
+        &max_unavailable,
+        "--failure-threshold",
+        "0",
+        "--bake",
+        "3s",
+        "--description",
+        "demo: patch release",
+    ];
+    let created = ctl.json(&create).await?;
+    show.args(&create);
+    let rollout_id = created["rollout"]["rollout_id"].as_str().unwrap_or_default().to_string();
+    show.note(&format!(
+        "rollout {rollout_id}: wave 0 is a canary of every image family, then a quarter of the fleet, then the rest"
+    ));
+    ctl.show(&mut show, &["rollout", "watch", &rollout_id, "--until", "paused"]).await?;
+
+    let paused = ctl.json(&["rollout", "status", &rollout_id]).await?;
+    let pause_reason = paused["rollout"]["reason_message"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    if paused["rollout"]["phase"] == "paused" {
+        show.heading("The canary failed: the rollout paused");
+        ctl.show(&mut show, &["rollout", "status", &rollout_id]).await?;
+        let nodes = ctl.json(&["rollout", "status", &rollout_id, "--nodes"]).await?;
+        let failed = nodes["nodes"].as_array().into_iter().flatten().find(|n| n["state"] == "failed");
+        if let Some(node) = failed.and_then(|n| n["node_id"].as_str()) {
+            show.note("the failed canary, as its node client reported it:");
+            ctl.show(&mut show, &["nodes", "get", node]).await?;
         }
+        show.note("only the canaries were touched; every other node still runs its old image");
+        show.heading("Publish the fix, retry the failed canary, resume");
+        write_file(&fail_file, "")?;
+        show.note(&format!("a fixed {TO} image of {} standard is published", opts.failing_flavor));
+        ctl.show(&mut show, &["rollout", "resume", &rollout_id, "--retry-failed"]).await?;
+        ctl.show(&mut show, &["rollout", "watch", &rollout_id]).await?;
     }
-    let mut nodes = Vec::with_capacity(count);
-    for i in 0..count.max(families.len()) {
-        let family = families[i % families.len()].clone();
-        let digest = Sha256::digest(format!("demo-node-{i}"));
-        let id = NodeId::new(digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let release = match i {
-            _ if i == count.saturating_sub(1) => version(TO),
-            _ if i >= families.len() && i % 41 == 7 => version(AHEAD),
-            _ => version(FROM),
-        };
-        let sw = if family.variant == Variant::Standard { software.clone() } else { None };
-        // Standard nodes of one family form clusters of five: the first
-        // three are servers, so the one-server-at-a-time rule has work to do.
-        let k3s = (family.variant == Variant::Standard).then(|| {
-            let ordinal = i / families.len();
-            K3sMembership {
-                cluster: format!("{}-c{}", family.flavor, ordinal / 5),
-                role: if ordinal % 5 < 3 { K3sRole::Server } else { K3sRole::Agent },
-            }
-        });
-        let mut labels = BTreeMap::new();
-        labels.insert("site".to_string(), format!("store-{:02}", i % 7));
-        let image = image_for(&family, &release, sw.as_ref());
-        nodes.push(SimNode { facts: NodeFacts { id, family, release, software: sw, labels, k3s }, image });
+
+    show.heading("The fleet after the rollout");
+    ctl.show(&mut show, &["fleet", "report"]).await?;
+    let end = ctl.json(&["rollout", "status", &rollout_id]).await?;
+    let totals = &end["rollout"]["totals"];
+    let outcome = DemoOutcome {
+        rollout_id: rollout_id.clone(),
+        phase: end["rollout"]["phase"].as_str().unwrap_or_default().to_string(),
+        pause_reason,
+        total: totals["total"].as_u64().unwrap_or(0),
+        healthy: totals["healthy"].as_u64().unwrap_or(0),
+        enrolled: fleet.live().enrolled,
+    };
+    show.note(&format!(
+        "rollout {} {}: {} of {} nodes healthy on {TO}, in {:.0?}",
+        outcome.rollout_id,
+        outcome.phase,
+        outcome.healthy,
+        outcome.total,
+        started.elapsed()
+    ));
+
+    if opts.keep_serving {
+        show.heading("Still running: explore with kairosctl (Ctrl-C ends)");
+        show.note(&format!("export KAIROS_CONFIG={}", config.display()));
+        show.note("kairosctl nodes list   kairosctl rollout list   kairosctl rollout status ro-000001 --nodes");
+        let _ = tokio::signal::ctrl_c().await;
+    } else {
+        show.note(&format!(
+            "the store stays in {0}: `kairos-controlplane serve --data-dir {0}` serves it again, \
+             and `KAIROS_CONFIG={1} kairosctl rollout list` reads it",
+            opts.data_dir.display(),
+            config.display()
+        ));
     }
-    (nodes, catalog)
+    let _ = stop_fleet.send(true);
+    if let Err(e) = fleet.finish().await {
+        tracing::warn!(%e, "stopping the simulated fleet");
+    }
+    if let Err(e) = replica.shutdown().await {
+        tracing::warn!(%e, "stopping the replica");
+    }
+    Ok(outcome)
 }
 
-struct Printer<'a> {
+/// Prints the demo's steps with elapsed time.
+struct Show<'a> {
     out: &'a mut dyn Write,
-    pace: Duration,
-    start: Millis,
+    started: Instant,
 }
 
-impl Printer<'_> {
-    fn line(&mut self, now: Millis, text: impl AsRef<str>) -> io::Result<()> {
-        let t = (now - self.start) / 1000;
-        writeln!(self.out, "[{:02}:{:02}:{:02}] {}", t / 3600, t / 60 % 60, t % 60, text.as_ref())?;
-        self.out.flush()?;
-        if !self.pace.is_zero() {
-            std::thread::sleep(self.pace);
+impl Show<'_> {
+    fn line(&mut self, text: impl fmt::Display) {
+        // A closed pipe only means the reader stopped reading.
+        let _ = writeln!(self.out, "{text}");
+        let _ = self.out.flush();
+    }
+
+    fn heading(&mut self, title: &str) {
+        let at = self.started.elapsed().as_secs();
+        self.line(format_args!("\n== {title}  [{:>2}:{:02}]", at / 60, at % 60));
+    }
+
+    fn command(&mut self, command: &str) {
+        self.line(format_args!("$ kairosctl {command}"));
+    }
+
+    /// Prints `args` as a command line, quoting arguments with blanks.
+    fn args(&mut self, args: &[&str]) {
+        let words: Vec<String> =
+            args.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { (*a).to_string() }).collect();
+        self.command(&words.join(" "));
+    }
+
+    fn note(&mut self, text: &str) {
+        self.line(format_args!("# {text}"));
+    }
+}
+
+/// kairosctl, in this process, with the demo folder's config.
+struct Ctl {
+    config: PathBuf,
+}
+
+impl Ctl {
+    fn parse(&self, args: &[&str], json: bool) -> Result<Cli, DemoError> {
+        let config = self.config.display().to_string();
+        let mut argv = vec!["kairosctl", "--config", config.as_str()];
+        argv.extend_from_slice(args);
+        if json {
+            argv.extend_from_slice(&["-o", "json"]);
         }
+        Cli::try_parse_from(&argv).map_err(|e| DemoError::Step { command: args.join(" "), error: e.to_string() })
+    }
+
+    async fn call(&self, args: &[&str], json: bool, out: &mut dyn Write) -> Result<(), DemoError> {
+        let parsed = self.parse(args, json)?;
+        cli::run(parsed, out)
+            .await
+            .map_err(|e: CliError| DemoError::Step { command: args.join(" "), error: e.report() })
+    }
+
+    /// Prints the command and its table output.
+    async fn show(&self, show: &mut Show<'_>, args: &[&str]) -> Result<(), DemoError> {
+        show.args(args);
+        self.call(args, false, show.out).await?;
+        let _ = show.out.flush();
         Ok(())
     }
 
-    fn plain(&mut self, text: impl AsRef<str>) -> io::Result<()> {
-        writeln!(self.out, "{}", text.as_ref())
+    /// Runs the command, discarding its output.
+    async fn run_quiet(&self, args: &[&str]) -> Result<(), DemoError> {
+        self.call(args, false, &mut std::io::sink()).await
     }
-}
 
-fn bar(done: usize, total: usize) -> String {
-    let width = 24;
-    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
-    format!("[{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width - filled))
-}
-
-/// Runs the demo, writing what happens to `out`.
-pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<DemoOutcome> {
-    let start: Millis = 1_764_403_200_000; // a Saturday 08:00 UTC; time is simulated.
-    let mut p = Printer { out, pace: opts.pace, start };
-    let (mut nodes, catalog) = build_fleet(opts.nodes);
-    let target = Target { release: version(TO), software: None };
-    let rollout_id = "demo-patch-1-5-1";
-
-    p.plain(format!(
-        "Kairos Fleet demo: {} simulated nodes across {} flavors, core and standard, amd64 and arm64 (rpi)",
-        nodes.len(),
-        SEED_FLAVORS.len()
-    ))?;
-    p.plain(format!("Rollout {rollout_id}: every node to Kairos v{TO}\n"))?;
-
-    // Versioning policy: who may move, and how big the move is.
-    let mut eligible = Vec::new();
-    let mut refused = Vec::new();
-    let mut class = ChangeClass::Same;
-    let mut assignments = Vec::new();
-    for n in &nodes {
-        let decision = resolve_destination(&n.facts, &target, &catalog)
-            .and_then(|dest| check_move(&n.facts, &dest, PolicyOptions::default(), &catalog).map(|c| (dest, c)));
-        match decision {
-            Ok((_, ChangeClass::Same)) => {}
-            Ok((dest, c)) => {
-                class = class.max(c);
-                assignments.push(NodeAssignment {
-                    id: n.facts.id.clone(),
-                    target_image: image_for(&dest.family, &dest.release, dest.software.as_ref()),
-                    previous_image: n.image.clone(),
-                    k3s: n.facts.k3s.clone(),
-                    online: true,
-                });
-                eligible.push(n.facts.clone());
-            }
-            Err(r) => {
-                p.plain(format!("  refused {}", r))?;
-                refused.push((r.node.clone(), r.rule.to_string()));
-            }
-        }
-    }
-    let mut strategy = Strategy::defaults_for(class.defaults_class(), false);
-    strategy.waves = WaveSpec::parse("1,10%,50%,100%").map_err(io::Error::other)?;
-    strategy.max_unavailable = 8;
-    strategy.bake = 5 * MINUTE;
-    let plan = plan_waves(rollout_id, &eligible, &strategy.waves);
-    p.plain(format!(
-        "  change class {class}: waves {}, max {} in flight, bake {}, health timeout {}, pause on first failure",
-        strategy.waves,
-        strategy.max_unavailable,
-        format_duration(strategy.bake),
-        format_duration(strategy.health_timeout)
-    ))?;
-    for (i, w) in plan.waves.iter().enumerate() {
-        p.plain(format!(
-            "  wave {i}: {} nodes{}",
-            w.nodes.len(),
-            if i == 0 { " (a canary per image family)" } else { "" }
-        ))?;
-    }
-    p.plain("")?;
-
-    let mut rollout = Rollout::new(rollout_id, strategy, &plan, assignments, start)
-        .map_err(io::Error::other)?
-        .with_target(target.clone());
-    let by_id: BTreeMap<NodeId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.facts.id.clone(), i)).collect();
-    let failing = |id: &NodeId, nodes: &[SimNode]| {
-        by_id.get(id).is_some_and(|&i| {
-            nodes[i].facts.family.flavor == opts.failing_flavor && nodes[i].facts.family.variant == Variant::Standard
+    /// Runs the command with `-o json` and parses what it printed.
+    async fn json(&self, args: &[&str]) -> Result<serde_json::Value, DemoError> {
+        let mut buf = Vec::new();
+        self.call(args, true, &mut buf).await?;
+        serde_json::from_slice(&buf).map_err(|e| DemoError::Step {
+            command: args.join(" "),
+            error: format!("its JSON output does not parse: {e}"),
         })
-    };
-    let mut fixed = false;
-    let mut pause_reason = None;
-    let mut waves_started = Vec::new();
-    // Simulated node reports, earliest first.
-    let mut queue: BinaryHeap<Reverse<(Millis, u64, NodeId, u8)>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let mut now = start;
-    let mut actions = rollout.apply(Event::Start { now }).map_err(io::Error::other)?;
-    let mut attempts: BTreeMap<NodeId, u32> = BTreeMap::new();
-    loop {
-        for action in actions.drain(..) {
-            match action {
-                Action::Command { node, .. } | Action::Revert { node, .. } => {
-                    let attempt = attempts.entry(node.clone()).or_default();
-                    *attempt += 1;
-                    let key = format!("{node}/{attempt}");
-                    let download = 20_000 + pick("download", &key, 60_000);
-                    let install = download + 30_000 + pick("install", &key, 60_000);
-                    let reboot = install + 45_000 + pick("reboot", &key, 60_000);
-                    for (at, stage) in [(download, 0u8), (install, 1), (reboot, 2)] {
-                        seq += 1;
-                        queue.push(Reverse((now + at, seq, node.clone(), stage)));
-                    }
-                }
-                Action::Cancel { .. } => {}
-                Action::Emit(ev) => {
-                    if let RolloutEvent::WaveStarted { nodes: n, .. } = ev {
-                        waves_started.push(n);
-                    }
-                    describe(&mut p, now, &rollout, &ev)?;
-                }
-            }
-        }
-        if rollout.is_terminal() {
-            break;
-        }
-        if let Phase::Paused { reason } = rollout.phase() {
-            let reason = reason.clone();
-            p.line(now, format!("PAUSED: {reason}"))?;
-            pause_reason.get_or_insert(reason);
-            if fixed {
-                break;
-            }
-            now += 20 * MINUTE;
-            p.line(
-                now,
-                format!(
-                    "operator: the {} standard image failed its health check; a fixed image is published, resuming \
-                     and retrying the failed canary",
-                    opts.failing_flavor
-                ),
-            )?;
-            fixed = true;
-            actions = rollout
-                .apply(Event::Resume { accept_failures: true, retry_failed: true, now })
-                .map_err(io::Error::other)?;
-            continue;
-        }
-        // Next thing to happen: a node report or a timer of the rollout.
-        let next_report = queue.peek().map(|Reverse((t, ..))| *t);
-        let next_tick = rollout.next_wakeup();
-        let event = match (next_report, next_tick) {
-            (Some(r), t) if t.is_none_or(|t| r <= t) => {
-                let Some(Reverse((at, _, node, stage))) = queue.pop() else { break };
-                now = now.max(at);
-                let status = match stage {
-                    0 => NodeReport::Installing,
-                    1 => NodeReport::Rebooting,
-                    _ if failing(&node, &nodes) && !fixed => NodeReport::Failed {
-                        reason: "fallback boot: /run/cos/upgrade_failure present, booted COS_PASSIVE".into(),
-                    },
-                    _ => {
-                        if let Some(&i) = by_id.get(&node) {
-                            nodes[i].facts.release = target.release.clone();
-                        }
-                        NodeReport::Healthy
-                    }
-                };
-                Event::NodeStatus { node, status, now }
-            }
-            (_, Some(t)) => {
-                now = now.max(t);
-                Event::Tick { now }
-            }
-            _ => break,
-        };
-        actions = rollout.apply(event).map_err(io::Error::other)?;
     }
-
-    let report = FleetReport::build(nodes.iter().map(|n| (&n.facts.family, &n.facts.release)), &catalog);
-    p.plain("")?;
-    p.plain(format!("Rollout {rollout_id} ended {} after {}", rollout.phase().name(), format_duration(now - start)))?;
-    p.plain("\nFleet report (nodes per flavor, release and support status):")?;
-    p.plain(format!("  {:<24} {:<9} {:<20} {:>5}", "FLAVOR", "RELEASE", "STATUS", "NODES"))?;
-    for row in &report.rows {
-        p.plain(format!("  {:<24} v{:<8} {:<20} {:>5}", row.flavor, row.release.to_string(), row.status, row.nodes))?;
-    }
-    let upgraded = nodes.iter().filter(|n| n.facts.release == target.release).count();
-    Ok(DemoOutcome { phase: rollout.phase().name(), pause_reason, refused, upgraded, waves: waves_started, report })
 }
 
-fn describe(p: &mut Printer<'_>, now: Millis, rollout: &Rollout, ev: &RolloutEvent) -> io::Result<()> {
-    match ev {
-        RolloutEvent::WaveStarted { wave, nodes } => p.line(now, format!("wave {wave} started: {nodes} nodes")),
-        RolloutEvent::WaveCompleted { wave, healthy, failed, deferred } => {
-            let c = rollout.counts_for_wave(*wave);
-            p.line(
-                now,
-                format!(
-                    "wave {wave} done {}  healthy {healthy}, failed {failed}, deferred {deferred}",
-                    bar(c.healthy, c.total)
-                ),
-            )
+/// Waits until the replica leads and the bootstrap admin token is in the
+/// replicated state.
+async fn wait_ready(ctl: &Ctl) -> Result<(), DemoError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match ctl.json(&["tokens", "list"]).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(DemoError::Timeout(format!("the control plane did not become ready: {e}")))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        RolloutEvent::Baking { wave, until } => {
-            p.line(now, format!("baking wave {wave} for {}", format_duration(until.saturating_sub(now))))
-        }
-        RolloutEvent::ThresholdTripped { wave, failed, threshold } => {
-            let names: Vec<String> = failed.iter().map(|n| n.to_string()).collect();
-            p.line(now, format!("wave {wave}: failure threshold {threshold} exceeded by {}", names.join(", ")))
-        }
-        RolloutEvent::Resumed { retried } => p.line(now, format!("resumed, retrying {} node(s)", retried.len())),
-        RolloutEvent::Completed => p.line(now, "all waves healthy: rollout completed"),
-        RolloutEvent::Started => p.line(now, "rollout started"),
-        RolloutEvent::Paused { .. } => Ok(()),
-        other => p.line(now, format!("{other:?}")),
     }
+}
+
+/// Waits until the control plane lists `count` online nodes.
+async fn wait_for_nodes(ctl: &Ctl, count: usize) -> Result<(), DemoError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = ctl.json(&["nodes", "list", "--online", "--all"]).await?;
+        let online = listed["nodes"].as_array().map_or(0, Vec::len);
+        if online >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Timeout(format!("{online} of {count} nodes online after a minute")));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<()>) -> Result<(), DemoError> {
+    let deadline = Instant::now() + timeout;
+    while check().is_none() {
+        if Instant::now() > deadline {
+            return Err(DemoError::Timeout(format!("waiting for {what}")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Makes `dir` an empty folder of the demo's own: an earlier demo's folder
+/// is wiped, anything else is refused.
+fn prepare_folder(dir: &Path) -> Result<(), DemoError> {
+    let folder = |e: std::io::Error| DemoError::Folder(format!("{}: {e}", dir.display()));
+    if dir.exists() {
+        let is_empty = std::fs::read_dir(dir).map_err(folder)?.next().is_none();
+        if dir.join(MARKER_FILE).exists() {
+            std::fs::remove_dir_all(dir).map_err(folder)?;
+        } else if !is_empty {
+            return Err(DemoError::Folder(format!(
+                "{} exists and was not made by the demo; pass --data-dir with a new folder",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(folder)?;
+    write_file(&dir.join(MARKER_FILE), "made by `kairos-controlplane demo`; the next demo run wipes this folder\n")
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), DemoError> {
+    std::fs::write(path, text).map_err(|e| DemoError::Folder(format!("writing {}: {e}", path.display())))
+}
+
+/// A free port on 127.0.0.1 for the replica (bound and released).
+fn free_port() -> Result<u16, DemoError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| DemoError::Folder(format!("finding a free port on 127.0.0.1: {e}")))
 }
 
 #[cfg(test)]
@@ -369,18 +492,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn demo_pauses_on_the_failing_canary_then_completes() {
-        let opts = DemoOptions { nodes: 64, pace: Duration::ZERO, ..Default::default() };
-        let mut out = Vec::new();
-        let outcome = run(&opts, &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(outcome.phase, "completed", "{text}");
-        let reason = outcome.pause_reason.expect("the failing canary pauses the rollout");
-        assert!(reason.contains("threshold") || reason.contains("failed"), "{reason}");
-        assert!(!outcome.refused.is_empty(), "nodes ahead of the target are refused");
-        assert!(outcome.refused.iter().all(|(_, rule)| rule == "downgrade-not-allowed"));
-        assert_eq!(outcome.upgraded + outcome.refused.len(), 64);
-        assert!(outcome.waves[0] >= 16, "a canary per image family: {:?}", outcome.waves);
-        assert!(text.contains("Fleet report"));
+    fn seed_images_cover_every_family_at_the_release() {
+        let images = seed_images(TO);
+        assert_eq!(images.len(), seed_families().len());
+        assert!(images.iter().all(|i| i.contains("v1.5.1")), "{images:?}");
+        assert!(images.iter().any(|i| i.contains("k3sv1.26.1-k3s1")), "standard images carry k3s: {images:?}");
+    }
+
+    #[test]
+    fn options_are_checked_naming_the_flag() {
+        let few = DemoOptions { nodes: 3, ..DemoOptions::default() };
+        assert!(check(&few).unwrap_err().to_string().starts_with("--nodes"));
+        let unknown = DemoOptions { failing_flavor: "windows".into(), ..DemoOptions::default() };
+        let e = check(&unknown).unwrap_err().to_string();
+        assert!(e.contains("--failing-flavor") && e.contains("alpine-arm-rpi"), "{e}");
+        assert!(check(&DemoOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn a_folder_the_demo_did_not_make_is_never_wiped() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let foreign = tmp.path().join("precious");
+        std::fs::create_dir(&foreign).expect("mkdir");
+        std::fs::write(foreign.join("data"), "keep").expect("write");
+        assert!(prepare_folder(&foreign).is_err());
+        assert_eq!(std::fs::read_to_string(foreign.join("data")).expect("kept"), "keep");
+
+        let demo = tmp.path().join("demo");
+        prepare_folder(&demo).expect("new folder");
+        std::fs::write(demo.join("old"), "from the last run").expect("write");
+        prepare_folder(&demo).expect("an earlier demo's folder");
+        assert!(!demo.join("old").exists(), "wiped");
+        assert!(demo.join(MARKER_FILE).exists());
     }
 }

@@ -1,7 +1,7 @@
 //! Kairos Fleet control plane.
 //!
 //! The crate is split the way data flows: [`api`] validates and translates,
-//! [`fleet`] decides (pure, no IO), [`store`] replicates through [`raft`]
+//! [`fleet`] decides (pure, no IO; the `kairos-fleet-domain` crate), [`store`] replicates through [`raft`]
 //! on each [`replica`], `engine` drives rollouts on the leader and
 //! `sessions` push desired state to nodes.
 #![deny(missing_docs)]
@@ -11,8 +11,6 @@ pub mod cli;
 pub mod cli_config;
 pub mod demo;
 pub mod engine;
-pub mod error_text;
-pub mod fleet;
 pub mod nodes;
 pub mod raft;
 pub mod replica;
@@ -20,3 +18,5 @@ pub mod security;
 pub mod serve;
 pub mod sessions;
 pub mod store;
+
+pub use kairos_fleet_domain::{error_text, fleet};

@@ -12,7 +12,7 @@ use kairos_fleet_proto::fleet::v1::AddReplicaRequest;
 
 use crate::api::release::RegistrySettings;
 use crate::raft::host_of;
-use crate::replica::{self, RaftTuning, Replica, ReplicaConfig, ReplicaError};
+use crate::replica::{self, RaftTuning, Replica, ReplicaConfig, ReplicaError, ReplicaHandle};
 use crate::security::bootstrap::{self, InitOptions, ReplicaSpec};
 use crate::security::node_ca::NODE_CA_CERT_FILE;
 use crate::security::pki::CA_KEY_FILE;
@@ -125,8 +125,17 @@ fn resolve_listen(advertise: &str) -> Result<SocketAddr, ServeError> {
 
 /// Runs a replica until SIGTERM or SIGINT.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let handle = start(&opts).await?;
+    replica::run_until_signal(handle).await?;
+    Ok(())
+}
+
+/// Starts the replica `opts` describe (initialising the embedded default
+/// when the folder is new), seeds the bootstrap tokens and joins the
+/// cluster when asked; the caller runs it and shuts it down.
+pub async fn start(opts: &ServeOptions) -> Result<ReplicaHandle, ServeError> {
     crate::security::install_crypto_provider();
-    let dir = resolve_replica_dir(&opts)?;
+    let dir = resolve_replica_dir(opts)?;
     let file = ReplicaFile::load(&dir)?;
     let creds = Arc::new(ReplicaCredentials::load(&dir)?);
     let listen = match opts.listen {
@@ -157,8 +166,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     if let Some(join) = opts.join.clone() {
         tokio::spawn(join_cluster(Arc::clone(&creds), file.id, file.listen.clone(), join, handle.raft().clone()));
     }
-    replica::run_until_signal(handle).await?;
-    Ok(())
+    Ok(handle)
 }
 
 /// Writes the bootstrap tokens into the replicated state once this replica

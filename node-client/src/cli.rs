@@ -202,7 +202,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Identity { root } => identity(&root),
         command => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(runtime) => runtime.block_on(async move {
-                kairos_controlplane::security::install_crypto_provider();
+                kairos_fleet_domain::install_crypto_provider();
                 match command {
                     Command::Enroll(args) => enroll_command(args).await,
                     Command::Run(args) => run_command(args).await,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kairos_controlplane::fleet::identity::{BootState, NodeIdentity};
+use kairos_fleet_domain::fleet::identity::{BootState, NodeIdentity};
 use kairos_fleet_proto::fleet::v1 as pb;
 
 use crate::config::K3sRoleSetting;
@@ -20,12 +20,12 @@ pub trait HelloSource: Send + Sync {
 
 /// The wire identity of `identity`, read from `release_file` (the path as
 /// the node sees it, e.g. `/etc/kairos-release`); see
-/// [`identity_to_pb`](kairos_controlplane::nodes::identity_to_pb).
+/// [`identity_to_pb`](kairos_fleet_domain::wire::identity_to_pb).
 pub fn pb_identity(identity: &NodeIdentity, release_file: &Path) -> pb::NodeIdentity {
-    kairos_controlplane::nodes::identity_to_pb(identity, &release_file.display().to_string())
+    kairos_fleet_domain::wire::identity_to_pb(identity, &release_file.display().to_string())
 }
 
-pub use kairos_controlplane::nodes::image_ref_of;
+pub use kairos_fleet_domain::wire::image_ref_of;
 
 /// The wire boot state.
 pub fn pb_boot_state(boot: BootState) -> pb::BootState {

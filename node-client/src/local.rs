@@ -4,8 +4,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use kairos_controlplane::fleet::identity::{boot_state_from_cmdline, parse_machine_id, BootState, NodeIdentity};
-use kairos_controlplane::fleet::model::NodeId;
+use kairos_fleet_domain::fleet::identity::{boot_state_from_cmdline, parse_machine_id, BootState, NodeIdentity};
+use kairos_fleet_domain::fleet::model::NodeId;
 
 /// Errors reading the node's local facts; each names the file involved.
 #[derive(Debug, thiserror::Error)]

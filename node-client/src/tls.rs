@@ -68,7 +68,7 @@ impl fmt::Debug for NodeCredentials {
 /// The channel settings shared by enrollment and sessions.
 fn endpoint(url: &str, tls: ClientTlsConfig) -> Result<Endpoint, EndpointError> {
     // tonic builds its rustls config with the process default provider.
-    kairos_controlplane::security::install_crypto_provider();
+    kairos_fleet_domain::install_crypto_provider();
     let bad = |rule: String| EndpointError::Invalid { url: url.to_string(), rule };
     Ok(Endpoint::from_shared(url.to_string())
         .map_err(|e| bad(format!("not a URL: {e}")))?

@@ -78,7 +78,7 @@ struct Pushed {
 }
 
 fn pusher() -> Client {
-    kairos_controlplane::security::install_crypto_provider();
+    kairos_fleet_domain::install_crypto_provider();
     Client::new(ClientConfig { protocol: ClientProtocol::Http, ..ClientConfig::default() })
 }
 

@@ -5,7 +5,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use kairos_controlplane::fleet::matrix::SEED_FLAVORS;
+use kairos_fleet_domain::fleet::matrix::SEED_FLAVORS;
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_node_client::simulate::{machine_id, SimulateOptions, Simulation, STORM_ROLLOUT};
 use pb::server_message::Body as ServerBody;

@@ -26,17 +26,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Watch a staged patch rollout on a simulated fleet (no network needed).
+    /// Run a single-replica control plane in a local folder with a simulated
+    /// fleet, and watch a staged patch rollout with a failing canary (no network needed).
     Demo {
-        /// Number of simulated nodes (at least one per image family: 16).
-        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(16..=100_000))]
+        /// Number of simulated nodes (at least one per seed image family: 16).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(16..=5_000))]
         nodes: u32,
-        /// Print without pausing between lines.
-        #[arg(long)]
-        fast: bool,
-        /// Flavor whose standard canary fails until the operator fixes it.
+        /// Folder of the demo's cluster (an earlier demo's folder is wiped first).
+        #[arg(long, default_value = "kairos-demo")]
+        data_dir: PathBuf,
+        /// Flavor whose standard canary fails until the fix is published.
         #[arg(long, default_value = "alpine-arm-rpi")]
         failing_flavor: String,
+        /// Time each simulated upgrade step takes, e.g. 400ms.
+        #[arg(long, default_value = "700ms", value_parser = parse_step)]
+        upgrade_step: Duration,
+        /// After the fleet report, keep the control plane and the fleet running
+        /// until Ctrl-C, to explore with kairosctl.
+        #[arg(long)]
+        keep_serving: bool,
     },
     /// Run a replica: with no flags, a single-replica control plane in ./kairos-data.
     Serve {
@@ -104,7 +112,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    // The demo prints its own story on stdout; only trouble goes to the log.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn,openraft=error",
+        _ => "info,openraft=warn,h2=warn,tower=warn",
+    };
+    init_logging(cli.log_json, default_filter);
     match cli.command {
         Command::Serve {
             data_dir,
@@ -172,25 +185,37 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { nodes, fast, failing_flavor } => {
-            let opts = DemoOptions {
-                nodes: nodes as usize,
-                pace: if fast { Duration::ZERO } else { DemoOptions::default().pace },
-                failing_flavor,
+        Command::Demo { nodes, data_dir, failing_flavor, upgrade_step, keep_serving } => {
+            let opts = DemoOptions { nodes: nodes as usize, data_dir, failing_flavor, upgrade_step, keep_serving };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
             };
-            match demo::run(&opts, &mut std::io::stdout().lock()) {
+            match runtime.block_on(demo::run(&opts, &mut std::io::stdout().lock())) {
                 Ok(outcome) if outcome.phase == "completed" => ExitCode::SUCCESS,
                 Ok(outcome) => {
-                    eprintln!("demo rollout ended {}", outcome.phase);
+                    eprintln!("error: the demo rollout ended {}", outcome.phase);
                     ExitCode::FAILURE
                 }
                 Err(e) => {
-                    eprintln!("demo failed: {e}");
+                    eprintln!("error: the demo failed: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
     }
+}
+
+/// `--upgrade-step`: a duration such as 400ms or 1s, at most a minute.
+fn parse_step(text: &str) -> Result<Duration, String> {
+    let ms = kairos_controlplane::fleet::strategy::parse_duration("--upgrade-step", text).map_err(|e| e.to_string())?;
+    if ms > 60_000 {
+        return Err(format!("at most 1m, got {text}"));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn print_init_report(opts: &InitOptions, report: &InitReport) {
@@ -220,9 +245,10 @@ fn print_init_report(opts: &InitOptions, report: &InitReport) {
 
 /// Human-readable logs by default, JSON lines with `--log-json`; the level
 /// comes from `RUST_LOG` (default `info`).
-fn init_logging(json: bool) {
+/// Logs to stderr: `RUST_LOG` if set, else `default`.
+fn init_logging(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();

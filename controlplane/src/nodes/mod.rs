@@ -17,7 +17,6 @@
 //! leader's sweep of replicas that stopped answering; the desired state by
 //! the rollout engine on the leader.
 
-mod convert;
 #[cfg(test)]
 mod tests;
 
@@ -26,7 +25,7 @@ use std::collections::BTreeMap;
 use kairos_fleet_proto::fleet::v1 as pb;
 use prost::Message;
 
-pub use convert::{family_to_pb, identity_from_pb, identity_to_pb, image_ref_of, IdentityFieldError};
+pub use kairos_fleet_domain::wire::{family_to_pb, identity_from_pb, identity_to_pb, image_ref_of, IdentityFieldError};
 
 use crate::store::{KeyValue, KvReader, StoreError};
 

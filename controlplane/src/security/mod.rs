@@ -29,8 +29,6 @@ pub mod peer;
 pub mod pki;
 pub mod token;
 
-use std::sync::Once;
-
 pub use bootstrap::{BootstrapTokens, InitOptions, InitReport, ReplicaConfig, ReplicaSpec};
 pub use credentials::{client_tls_for_operator, ReplicaCredentials};
 pub use error::SecurityError;
@@ -39,16 +37,4 @@ pub use peer::{peer_identity, PeerIdentity};
 pub use pki::{Ca, CertifiedKey};
 pub use token::{generate_token, hash_secret, parse_token, verify, AuthError, Role, Secret, TokenId, TokenRecord};
 
-/// Makes rustls' ring provider the process default (idempotent).
-///
-/// tonic builds its rustls server config with the process default provider,
-/// so this must run before the first TLS server or channel is built. A
-/// provider installed earlier by someone else is kept: rustls allows only
-/// one per process.
-pub fn install_crypto_provider() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        // Err means a provider is already installed: exactly what we want.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub use kairos_fleet_domain::install_crypto_provider;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kairos_controlplane::fleet::image::ImageRef;
+use kairos_fleet_domain::fleet::image::ImageRef;
 use kairos_fleet_proto::fleet::v1 as pb;
 
 use crate::config::{UpgradeConfig, DEFAULT_EXECUTOR};

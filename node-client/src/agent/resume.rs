@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use kairos_controlplane::fleet::identity::BootState;
+use kairos_fleet_domain::fleet::identity::BootState;
 use kairos_fleet_proto::fleet::v1 as pb;
 use semver::Version;
 

@@ -136,7 +136,7 @@ impl Puller {
     /// `<state_dir>/images/` and taking `platform` from image indexes.
     pub fn new(config: RegistryConfig, state_dir: &Path, platform: Platform) -> Puller {
         // reqwest is built without a provider of its own.
-        kairos_controlplane::security::install_crypto_provider();
+        kairos_fleet_domain::install_crypto_provider();
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(config.plain_http.clone()),
             platform_resolver: None,
@@ -504,7 +504,7 @@ fn describe(error: &OciDistributionError) -> String {
             let codes: Vec<String> = envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect();
             format!("the registry refused: {}", codes.join(", "))
         }
-        other => kairos_controlplane::error_text::chain(other),
+        other => kairos_fleet_domain::error_text::chain(other),
     }
 }
 

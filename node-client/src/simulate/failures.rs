@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use kairos_controlplane::fleet::model::Variant;
+use kairos_fleet_domain::fleet::model::Variant;
 use semver::Version;
 
 /// One rule: which nodes, and optionally which target release, fail.

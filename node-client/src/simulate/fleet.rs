@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use kairos_controlplane::fleet::identity::{NodeIdentity, OS_RELEASE_PATH};
-use kairos_controlplane::fleet::image::{ImageRef, RegistryPrefix, TagGrammar};
-use kairos_controlplane::fleet::matrix::seed_families;
-use kairos_controlplane::fleet::model::ImageFamily;
-use kairos_controlplane::fleet::model::{K8sDistro, SoftwareVersion, Variant};
+use kairos_fleet_domain::fleet::identity::{NodeIdentity, OS_RELEASE_PATH};
+use kairos_fleet_domain::fleet::image::{ImageRef, RegistryPrefix, TagGrammar};
+use kairos_fleet_domain::fleet::matrix::seed_families;
+use kairos_fleet_domain::fleet::model::ImageFamily;
+use kairos_fleet_domain::fleet::model::{K8sDistro, SoftwareVersion, Variant};
 use kairos_fleet_proto::fleet::v1 as pb;
 use semver::Version;
 use sha2::{Digest, Sha256};
@@ -288,8 +288,8 @@ impl HelloSource for VirtualMachine {
 mod tests {
     use std::collections::BTreeSet;
 
-    use kairos_controlplane::fleet::matrix::SEED_FLAVORS;
-    use kairos_controlplane::fleet::model::Arch;
+    use kairos_fleet_domain::fleet::matrix::SEED_FLAVORS;
+    use kairos_fleet_domain::fleet::model::Arch;
 
     use super::*;
 
@@ -302,7 +302,7 @@ mod tests {
             .iter()
             .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))));
         assert_ne!(machine_id(7, 0), machine_id(8, 0));
-        assert!(kairos_controlplane::fleet::identity::parse_machine_id(&machine_id(1, 0)).is_ok());
+        assert!(kairos_fleet_domain::fleet::identity::parse_machine_id(&machine_id(1, 0)).is_ok());
     }
 
     #[test]

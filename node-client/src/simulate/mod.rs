@@ -245,7 +245,7 @@ impl Simulation {
             check_start_release(release).map_err(|e| usage("--release", e.to_string()))?;
         }
         check_open_files(options.count)?;
-        kairos_controlplane::security::install_crypto_provider();
+        kairos_fleet_domain::install_crypto_provider();
         // Enrollment needs no client certificate: one shared channel per server.
         let enroll_channels = options
             .servers

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kairos_controlplane::fleet::image::ImageRef;
-use kairos_controlplane::fleet::model::{K8sDistro, SoftwareVersion};
+use kairos_fleet_domain::fleet::image::ImageRef;
+use kairos_fleet_domain::fleet::model::{K8sDistro, SoftwareVersion};
 use kairos_fleet_proto::fleet::v1 as pb;
 use pb::NodeState;
 use semver::Version;

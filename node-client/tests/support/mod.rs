@@ -70,7 +70,7 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new() -> Arc<Fleet> {
-        kairos_controlplane::security::install_crypto_provider();
+        kairos_fleet_domain::install_crypto_provider();
         let ca = Ca::generate("fake fleet ca").expect("ca");
         let ca_pem = ca.cert_pem().to_string();
         Arc::new(Fleet {
