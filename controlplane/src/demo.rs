@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -177,14 +177,18 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
         // Nodes heartbeat every 2 s, so one that vanishes shows within seconds.
         sessions: SessionSettings::with_heartbeat(Duration::from_secs(2)),
         registry_plain_http: Vec::new(),
+        metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
     };
-    let replica = serve::start(&serve_opts).await?;
+    let serve::Started { replica, metrics } = serve::start(&serve_opts).await?;
     let config = opts.data_dir.join(bootstrap::KAIROSCTL_CONFIG_FILE);
     let ctl = Ctl { config: config.clone() };
     show.note(&format!(
         "replica 1 serves https://127.0.0.1:{port}; its sled store, CA and admin token are in {}",
         opts.data_dir.display()
     ));
+    if let Some(m) = &metrics {
+        show.note(&format!("Prometheus metrics: http://{}/metrics", m.local_addr()));
+    }
     wait_ready(&ctl).await?;
     ctl.show(&mut show, &["cluster", "status"]).await?;
 
@@ -327,6 +331,7 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
     if let Err(e) = fleet.finish().await {
         tracing::warn!(%e, "stopping the simulated fleet");
     }
+    drop(metrics);
     if let Err(e) = replica.shutdown().await {
         tracing::warn!(%e, "stopping the replica");
     }

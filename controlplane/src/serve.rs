@@ -11,6 +11,7 @@ use kairos_fleet_proto::fleet::v1::cluster_service_client::ClusterServiceClient;
 use kairos_fleet_proto::fleet::v1::AddReplicaRequest;
 
 use crate::api::release::RegistrySettings;
+use crate::metrics::MetricsServer;
 use crate::raft::host_of;
 use crate::replica::{self, RaftTuning, Replica, ReplicaConfig, ReplicaError, ReplicaHandle};
 use crate::security::bootstrap::{self, InitOptions, ReplicaSpec};
@@ -58,6 +59,16 @@ pub struct ServeOptions {
     pub sessions: SessionSettings,
     /// Registries (`host[:port]`) SyncReleases may reach over plain HTTP.
     pub registry_plain_http: Vec<String>,
+    /// Serve Prometheus metrics over plain HTTP here (`/metrics`).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// A started replica and, when asked for, its metrics server.
+pub struct Started {
+    /// The replica.
+    pub replica: ReplicaHandle,
+    /// The `/metrics` server; it stops when dropped.
+    pub metrics: Option<MetricsServer>,
 }
 
 /// Finds the replica folder `opts` points at; initialises a single-replica
@@ -125,15 +136,17 @@ fn resolve_listen(advertise: &str) -> Result<SocketAddr, ServeError> {
 
 /// Runs a replica until SIGTERM or SIGINT.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
-    let handle = start(&opts).await?;
-    replica::run_until_signal(handle).await?;
+    let Started { replica, metrics } = start(&opts).await?;
+    replica::run_until_signal(replica).await?;
+    drop(metrics);
     Ok(())
 }
 
 /// Starts the replica `opts` describe (initialising the embedded default
 /// when the folder is new), seeds the bootstrap tokens and joins the
-/// cluster when asked; the caller runs it and shuts it down.
-pub async fn start(opts: &ServeOptions) -> Result<ReplicaHandle, ServeError> {
+/// cluster when asked, and serves `/metrics` when asked; the caller runs
+/// the replica and shuts it down.
+pub async fn start(opts: &ServeOptions) -> Result<Started, ServeError> {
     crate::security::install_crypto_provider();
     let dir = resolve_replica_dir(opts)?;
     let file = ReplicaFile::load(&dir)?;
@@ -166,7 +179,19 @@ pub async fn start(opts: &ServeOptions) -> Result<ReplicaHandle, ServeError> {
     if let Some(join) = opts.join.clone() {
         tokio::spawn(join_cluster(Arc::clone(&creds), file.id, file.listen.clone(), join, handle.raft().clone()));
     }
-    Ok(handle)
+    let metrics = match opts.metrics_listen {
+        Some(addr) => match MetricsServer::start(addr, handle.metrics_source()).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                if let Err(stop) = handle.shutdown().await {
+                    tracing::warn!(error = %stop, "stopping after the metrics port failed");
+                }
+                return Err(ServeError::Invalid(format!("--metrics-listen {addr}: cannot listen: {e}")));
+            }
+        },
+        None => None,
+    };
+    Ok(Started { replica: handle, metrics })
 }
 
 /// Writes the bootstrap tokens into the replicated state once this replica

@@ -38,11 +38,13 @@ use tonic::{Request, Response, Status};
 
 use super::auth::authorize;
 use super::{read_status, wants_linearizable_read};
+use crate::metrics::{Counted, StreamGauges, WatchKind};
 use crate::nodes::check_node_id;
 use crate::raft::MAX_MESSAGE_BYTES;
 use crate::replica::ReplicaClient;
 use crate::security::Role;
 use crate::sessions::Sessions;
+use crate::store::KvReader;
 use catalog::Catalog;
 use filter::{flavor, release, NodeMatcher};
 use order::{page_token, parse_page_token, Order, SortKey};
@@ -64,6 +66,7 @@ pub struct FleetApi {
     watch_limits: WatchLimits,
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
     scans: Arc<Semaphore>,
+    streams: Arc<StreamGauges>,
 }
 
 impl FleetApi {
@@ -75,6 +78,7 @@ impl FleetApi {
             watch_limits: WatchLimits::default(),
             stopping: None,
             scans: Arc::new(Semaphore::new(MAX_CONCURRENT_SCANS)),
+            streams: Arc::default(),
         }
     }
 
@@ -109,6 +113,12 @@ impl FleetApi {
     /// The same service with other bounds for WatchNodes streams.
     pub fn with_watch_limits(self, watch_limits: WatchLimits) -> Self {
         FleetApi { watch_limits, ..self }
+    }
+
+    /// Counts open WatchNodes streams in `gauges` (for `/metrics`).
+    pub fn with_stream_gauges(mut self, gauges: Arc<StreamGauges>) -> Self {
+        self.streams = gauges;
+        self
     }
 
     /// The tonic server wrapper with the replica's message limits.
@@ -303,7 +313,7 @@ impl FleetService for FleetApi {
         Ok(Response::new(pb::GetNodeResponse { node: Some(node), meta: Some(meta) }))
     }
 
-    type WatchNodesStream = EventStream;
+    type WatchNodesStream = Counted<EventStream>;
 
     async fn watch_nodes(
         &self,
@@ -319,7 +329,7 @@ impl FleetService for FleetApi {
             self.watch_limits,
             self.stopping.clone(),
         )?;
-        Ok(Response::new(stream))
+        Ok(Response::new(self.streams.count(WatchKind::Nodes, stream)))
     }
 
     async fn fleet_report(
@@ -331,23 +341,24 @@ impl FleetService for FleetApi {
         let matcher = NodeMatcher::new("filter", req.filter.as_ref())?;
         let meta = self.read_meta(linearizable).await?;
         let reader = self.client.reader().clone();
-        let (builder, catalog) = self
-            .scan("FleetReport", move || {
-                let catalog = Catalog::load(&reader)?;
-                let mut scan = Scan::new(reader, matcher.node_ids());
-                let mut builder = ReportBuilder::default();
-                while let Some(row) = scan.next_row()? {
-                    let facts = row.facts(&catalog);
-                    if matcher.matches(&facts) {
-                        let record = &row.record;
-                        builder.add(flavor(record), release(record), facts.support, record.state, facts.online);
-                    }
-                }
-                Ok((builder, catalog))
-            })
-            .await?;
-        let mut report = builder.finish(catalog.latest_release());
+        let mut report = self.scan("FleetReport", move || fleet_report(reader, &matcher)).await?;
         report.meta = Some(meta);
         Ok(Response::new(report))
     }
+}
+
+/// The fleet report of the nodes `matcher` selects, from this replica's
+/// state (blocking: it scans every node record).
+pub fn fleet_report(reader: KvReader, matcher: &NodeMatcher) -> Result<pb::FleetReportResponse, Status> {
+    let catalog = Catalog::load(&reader)?;
+    let mut scan = Scan::new(reader, matcher.node_ids());
+    let mut builder = ReportBuilder::default();
+    while let Some(row) = scan.next_row()? {
+        let facts = row.facts(&catalog);
+        if matcher.matches(&facts) {
+            let record = &row.record;
+            builder.add(flavor(record), release(record), facts.support, record.state, facts.online);
+        }
+    }
+    Ok(builder.finish(catalog.latest_release()))
 }

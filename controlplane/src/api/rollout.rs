@@ -14,6 +14,7 @@ pub mod watch;
 use kairos_fleet_proto::fleet::v1 as pb;
 use kairos_fleet_proto::fleet::v1::rollout_service_server::{RolloutService, RolloutServiceServer};
 use prost::Message;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use self::convert::{node_to_pb, rollout_to_pb};
@@ -26,6 +27,7 @@ use crate::engine::transition::{self, Pending};
 use crate::engine::{now_ms, observe};
 use crate::fleet::rollout::{Event, Phase, Rollout, RolloutError};
 use crate::fleet::strategy::Millis;
+use crate::metrics::{Counted, StreamGauges, WatchKind};
 use crate::replica::ReplicaClient;
 use crate::security::Role;
 use crate::store::{Compare, CompareOp, KvReader, Op, Request as Write};
@@ -39,6 +41,7 @@ const MAX_REQUEST_ID: usize = 64;
 pub struct RolloutApi {
     client: ReplicaClient,
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
+    streams: Arc<StreamGauges>,
 }
 
 fn record_status(e: RecordError) -> Status {
@@ -85,12 +88,18 @@ type Steer<'a> = dyn Fn(&mut Loaded, Millis) -> Result<Vec<Event>, Status> + Sen
 impl RolloutApi {
     /// A RolloutService answering from `client`'s replica.
     pub fn new(client: ReplicaClient) -> Self {
-        RolloutApi { client, stopping: None }
+        RolloutApi { client, stopping: None, streams: Arc::default() }
     }
 
     /// Ends Watch streams when `stopping` turns true (replica shutdown).
     pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         self.stopping = Some(stopping);
+        self
+    }
+
+    /// Counts open Watch streams in `gauges` (for `/metrics`).
+    pub fn with_stream_gauges(mut self, gauges: Arc<StreamGauges>) -> Self {
+        self.streams = gauges;
         self
     }
 
@@ -304,7 +313,7 @@ fn create_step(
 
 #[tonic::async_trait]
 impl RolloutService for RolloutApi {
-    type WatchStream = watch::EventStream;
+    type WatchStream = Counted<watch::EventStream>;
 
     async fn plan(
         &self,
@@ -458,7 +467,7 @@ impl RolloutService for RolloutApi {
             watch::WatchRequest { rollout_id, resume_revision: req.resume_revision, include_nodes: req.include_nodes },
             self.stopping.clone(),
         )?;
-        Ok(Response::new(stream))
+        Ok(Response::new(self.streams.count(WatchKind::Rollouts, stream)))
     }
 
     async fn pause(

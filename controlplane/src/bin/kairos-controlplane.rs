@@ -81,6 +81,9 @@ enum Command {
         /// several); every other registry is reached over HTTPS only.
         #[arg(long = "registry-plain-http", value_name = "HOST[:PORT]", value_parser = parse_registry_host)]
         registry_plain_http: Vec<String>,
+        /// Serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Create a new cluster's CA, replica certificates and configs, and the first admin token.
     Init {
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
             snapshot_keep_logs,
             node_heartbeat_ms,
             registry_plain_http,
+            metrics_listen,
         } => {
             let raft = RaftTuning {
                 heartbeat_ms,
@@ -139,7 +143,16 @@ fn main() -> ExitCode {
                 snapshot_keep_logs,
             };
             let sessions = SessionSettings::with_heartbeat(Duration::from_millis(node_heartbeat_ms));
-            let opts = ServeOptions { data_dir, listen, replica_id, join, raft, sessions, registry_plain_http };
+            let opts = ServeOptions {
+                data_dir,
+                listen,
+                replica_id,
+                join,
+                raft,
+                sessions,
+                registry_plain_http,
+                metrics_listen,
+            };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -31,6 +31,7 @@ use crate::api::node::Enroller;
 use crate::api::release::RegistrySettings;
 use crate::api::{AdminApi, ClusterApi, FleetApi, NodeApi, ReleaseApi, RolloutApi};
 use crate::engine::{Engine, EngineSettings};
+use crate::metrics::{MetricsSource, StreamGauges};
 use crate::raft::{Network, PeerTls, Peers, RaftRpcService, SNAPSHOT_CHUNK_BYTES};
 use crate::security::NodeIssuer;
 use crate::sessions::{SessionSettings, Sessions};
@@ -240,11 +241,18 @@ impl Replica {
         let engine = Engine::start(client.clone(), config.engine.clone());
         // Tells long-lived streams (WatchNodes) to end when shutdown begins.
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        let streams = Arc::new(StreamGauges::default());
         let (health, health_service) = tonic_health::server::health_reporter();
+        // Server reflection of the public API only (the raft service stays unlisted).
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kairos_fleet_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ReplicaError::Config { field: "reflection", rule: e.to_string() })?;
         // Until raft runs, probes must not send traffic here.
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
         let router = builder
             .add_service(health_service)
+            .add_service(reflection)
             .add_service(RaftRpcService::new(config.id, raft.clone()).into_server())
             .add_service(ClusterApi::new(client.clone()).into_server())
             .add_service(ReleaseApi::new(client.clone()).with_registry(config.registry.clone()).into_server())
@@ -256,12 +264,27 @@ impl Replica {
                 FleetApi::new(client.clone())
                     .with_sessions(sessions.clone())
                     .with_shutdown(stopping_rx.clone())
+                    .with_stream_gauges(Arc::clone(&streams))
                     .into_server(),
             )
-            .add_service(RolloutApi::new(client.clone()).with_shutdown(stopping_rx).into_server());
+            .add_service(
+                RolloutApi::new(client.clone())
+                    .with_shutdown(stopping_rx)
+                    .with_stream_gauges(Arc::clone(&streams))
+                    .into_server(),
+            );
         let server = server::ServerTask::spawn(router, listener);
-        let handle =
-            ReplicaHandle { client, sessions, engine, server, health, stopping, local_addr, data_dir: config.data_dir };
+        let handle = ReplicaHandle {
+            client,
+            sessions,
+            engine,
+            server,
+            health,
+            stopping,
+            local_addr,
+            data_dir: config.data_dir,
+            streams,
+        };
 
         if config.bootstrap {
             if let Err(e) = bootstrap(&raft, config.id, &config.advertise).await {
@@ -308,6 +331,7 @@ pub struct ReplicaHandle {
     stopping: tokio::sync::watch::Sender<bool>,
     local_addr: SocketAddr,
     data_dir: PathBuf,
+    streams: Arc<StreamGauges>,
 }
 
 impl ReplicaHandle {
@@ -331,6 +355,11 @@ impl ReplicaHandle {
         &self.sessions
     }
 
+    /// What `/metrics` reads: this replica's raft, state, sessions and streams.
+    pub fn metrics_source(&self) -> MetricsSource {
+        MetricsSource::new(self.client.clone(), self.sessions.clone(), Arc::clone(&self.streams))
+    }
+
     /// Writes and linearizable reads through this replica.
     pub fn client(&self) -> &ReplicaClient {
         &self.client
@@ -351,7 +380,8 @@ impl ReplicaHandle {
     /// call returns once sled has flushed and released the data dir (so the
     /// same dir can be reopened at once, in this process or another).
     pub async fn shutdown(self) -> Result<(), ReplicaError> {
-        let ReplicaHandle { client, sessions, engine, server, health, stopping, local_addr, data_dir } = self;
+        let ReplicaHandle { client, sessions, engine, server, health, stopping, local_addr, data_dir, streams: _ } =
+            self;
         let started = Instant::now();
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
         // Streams end now rather than hold the port open for the grace period.
