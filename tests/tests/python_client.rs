@@ -50,9 +50,9 @@ struct PythonClient {
 }
 
 impl PythonClient {
-    fn new(cluster: &Cluster) -> PythonClient {
+    fn new(cluster: &Cluster, python: PathBuf) -> PythonClient {
         PythonClient {
-            python: python(),
+            python,
             script: workspace().join("examples/python/fleet_client.py"),
             server: format!("https://{}", cluster.addresses[&1]),
             ca_file: ca_file(cluster),
@@ -158,9 +158,10 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
 #[test]
 fn the_python_client_lists_nodes_creates_watches_and_pauses_a_rollout_that_kairosctl_sees_paused() {
     let started = Instant::now();
+    let python = python();
     let mut cluster = Cluster::init(1);
     cluster.form(&["--node-heartbeat-ms", "1000"]);
-    let client = PythonClient::new(&cluster);
+    let client = PythonClient::new(&cluster, python);
     // Upgrades at the simulator's default pace (2 s a step), so the rollout
     // is still running when the script pauses it.
     let opts = SimulatorOptions { name: "python".into(), ..SimulatorOptions::new(&cluster, NODES) }
@@ -227,6 +228,7 @@ fn the_python_client_lists_nodes_creates_watches_and_pauses_a_rollout_that_kairo
     assert_eq!(status["rollout"]["phase"], "paused", "{status}");
     assert_eq!(status["rollout"]["pause_reason"], "operator", "{status}");
     assert_eq!(status["rollout"]["reason_message"], reason, "{status}");
-    println!("python client: {} events watched; test took {:.1} s", seen.len(), started.elapsed().as_secs_f64());
+    let kinds: Vec<String> = seen.iter().map(|e| format!("{}/{}", e["kind"], e["phase"])).collect();
+    println!("python client watched {}; the test took {:.1} s", kinds.join(" "), started.elapsed().as_secs_f64());
     drop(sim);
 }
