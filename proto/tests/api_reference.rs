@@ -112,10 +112,8 @@ fn field_type(field: &FieldDescriptorProto, msg: &DescriptorProto) -> String {
         scalar => format!("`{}`", scalar_name(scalar)),
     };
     let entry_name = field.type_name().rsplit('.').next().unwrap_or_default();
-    let map_entry = msg
-        .nested_type
-        .iter()
-        .find(|n| n.name() == entry_name && n.options.as_ref().is_some_and(|o| o.map_entry()));
+    let map_entry =
+        msg.nested_type.iter().find(|n| n.name() == entry_name && n.options.as_ref().is_some_and(|o| o.map_entry()));
     if let (Some(entry), Label::Repeated) = (map_entry, field.label()) {
         let key = entry.field.iter().find(|f| f.number() == 1).map(base).unwrap_or_default();
         let value = entry.field.iter().find(|f| f.number() == 2).map(base).unwrap_or_default();
@@ -155,6 +153,7 @@ fn render(set: &FileDescriptorSet) -> String {
          (the cluster CA); nodes with their mTLS client certificate. The Python example in \
          [examples/python](../examples/python/README.md) calls FleetService and RolloutService.\n\n"
     );
+    out.push_str(&contents(&files));
     out.push_str("## Services\n\n");
     out.push_str(&services);
     out.push_str("## Messages\n\n");
@@ -164,6 +163,36 @@ fn render(set: &FileDescriptorSet) -> String {
     out.truncate(out.trim_end().len());
     out.push('\n');
     out
+}
+
+/// Links to every service, message and enum, one line each kind.
+fn contents(files: &[&FileDescriptorProto]) -> String {
+    let links = |names: Vec<String>| names.iter().map(|n| format!("[{n}](#{})", anchor(n))).collect::<Vec<_>>();
+    let mut services = Vec::new();
+    let mut messages = Vec::new();
+    let mut enums = Vec::new();
+    for file in files {
+        services.extend(file.service.iter().map(|s| s.name().to_string()));
+        let mut stack: Vec<(String, &DescriptorProto)> = file.message_type.iter().map(|m| (String::new(), m)).collect();
+        enums.extend(file.enum_type.iter().map(|e| e.name().to_string()));
+        while let Some((prefix, msg)) = stack.pop() {
+            if msg.options.as_ref().is_some_and(|o| o.map_entry()) {
+                continue;
+            }
+            let name = format!("{prefix}{}", msg.name());
+            enums.extend(msg.enum_type.iter().map(|e| format!("{name}.{}", e.name())));
+            stack.extend(msg.nested_type.iter().map(|n| (format!("{name}."), n)));
+            messages.push(name);
+        }
+    }
+    messages.sort();
+    enums.sort();
+    format!(
+        "**Services:** {}\n\n**Messages:** {}\n\n**Enums:** {}\n\n",
+        links(services).join(" · "),
+        links(messages).join(" · "),
+        links(enums).join(" · ")
+    )
 }
 
 fn render_service(
@@ -295,7 +324,8 @@ fn first_difference(a: &str, b: &str) -> usize {
 fn the_reference_covers_every_rpc_message_and_enum_with_its_comment() {
     let set = FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("embedded descriptor set decodes");
     let rendered = render(&set);
-    let watch = "| `Watch` | [`WatchRolloutsRequest`](#watchrolloutsrequest) | stream [`RolloutEvent`](#rolloutevent) |";
+    let watch =
+        "| `Watch` | [`WatchRolloutsRequest`](#watchrolloutsrequest) | stream [`RolloutEvent`](#rolloutevent) |";
     assert!(rendered.contains(watch), "server streaming is marked: {watch}");
     assert!(rendered.contains("| `Connect` | stream [`NodeMessage`](#nodemessage) | stream "), "bidi streaming");
     assert!(rendered.contains("| `labels` | 8 | map<`string`, `string`> |"), "map fields");
