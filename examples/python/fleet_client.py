@@ -360,9 +360,16 @@ def cmd_watch(stubs: Stubs, channel: grpc.Channel, args: argparse.Namespace) -> 
     client = stubs.rollout_grpc.RolloutServiceStub(channel)
     # No deadline: the stream lasts as long as the rollout takes.
     stream = client.Watch(request)
+    seen_rollout = False
     try:
         for event in stream:
             view = describe_event(stubs, event)
+            if view["kind"] == "synced" and not seen_rollout:
+                # The snapshot before SYNCED holds every matching rollout:
+                # none means there is no such rollout to wait for.
+                print(f"error: rollout {args.rollout_id} does not exist", file=sys.stderr)
+                return EXIT_NOT_FOUND
+            seen_rollout = seen_rollout or "phase" in view
             print(json.dumps(view, sort_keys=True) if args.output == "json" else event_line(view), flush=True)
             phase = view.get("phase")
             if phase in stop_at:
