@@ -33,9 +33,10 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import grpc
 from google.protobuf import json_format
@@ -73,6 +74,10 @@ PHASE_NAMES = (
 
 class UsageError(Exception):
     """Bad input from the command line or a file it names; exit code 2."""
+
+
+class StubsError(Exception):
+    """The stubs could not be generated; exit code 1."""
 
 
 # --------------------------------------------------------------------------
@@ -124,28 +129,31 @@ def generate_stubs(proto_dir: Path, files: Sequence[Path], out_dir: Path) -> Non
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"grpc_tools.protoc failed ({result.returncode}):\n{result.stderr.strip()}")
+        raise StubsError(f"grpc_tools.protoc failed ({result.returncode}):\n{result.stderr.strip()}")
 
 
 def ensure_stubs(proto_dir: Path, stubs_root: Path) -> Path:
     """The folder holding stubs generated from `proto_dir`, generating them
     under `stubs_root` first if needed."""
     files = proto_files(proto_dir)
-    target = stubs_root / stubs_key(proto_dir, files)
-    if target.is_dir():
-        return target
-    stubs_root.mkdir(parents=True, exist_ok=True)
-    # Generate next to the target and rename, so a concurrent run never
-    # imports half-written stubs.
-    scratch = Path(tempfile.mkdtemp(prefix=".generating-", dir=stubs_root))
+    try:
+        target = stubs_root / stubs_key(proto_dir, files)
+        if target.is_dir():
+            return target
+        stubs_root.mkdir(parents=True, exist_ok=True)
+        # Generate next to the target and rename, so a concurrent run never
+        # imports half-written stubs.
+        scratch = Path(tempfile.mkdtemp(prefix=".generating-", dir=stubs_root))
+    except OSError as e:
+        raise StubsError(f"preparing stubs in {stubs_root}: {e}") from e
     try:
         generate_stubs(proto_dir, files, scratch)
         try:
             scratch.rename(target)
-        except OSError:
+        except OSError as e:
+            # Fine if a concurrent run got there first: its stubs are the same.
             if not target.is_dir():
-                raise
-            # Another run got there first; its stubs are the same.
+                raise StubsError(f"moving the generated stubs to {target}: {e}") from e
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
@@ -263,7 +271,7 @@ def list_nodes(stubs: Stubs, channel: grpc.Channel, request, timeout: float) -> 
 def print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_nodes(stubs: Stubs, channel: grpc.Channel, args: argparse.Namespace) -> int:
@@ -413,7 +421,9 @@ def parser() -> argparse.ArgumentParser:
         default=env("KAIROS_FLEET_SERVER", "127.0.0.1:7001"),
         help="replica address, host:port or https://host:port (env KAIROS_FLEET_SERVER)",
     )
-    p.add_argument("--ca-file", type=Path, default=env("KAIROS_FLEET_CA_FILE"), help="cluster CA (env KAIROS_FLEET_CA_FILE)")
+    p.add_argument(
+        "--ca-file", type=Path, default=env("KAIROS_FLEET_CA_FILE"), help="cluster CA (env KAIROS_FLEET_CA_FILE)"
+    )
     p.add_argument(
         "--token-file",
         type=Path,
@@ -477,13 +487,18 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.ca_file is None or args.token_file is None:
-            raise UsageError("pass --ca-file and --token-file (or set KAIROS_FLEET_CA_FILE and KAIROS_FLEET_TOKEN_FILE)")
+            raise UsageError(
+                "pass --ca-file and --token-file (or set KAIROS_FLEET_CA_FILE and KAIROS_FLEET_TOKEN_FILE)"
+            )
         stubs = load_stubs(ensure_stubs(args.proto_dir, args.stubs_dir))
         with open_channel(args.server, args.ca_file, args.token_file) as channel:
             return COMMANDS[args.command](stubs, channel, args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except StubsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except grpc.RpcError as e:
         print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
         return EXIT_BY_CODE.get(e.code(), EXIT_FAILURE)
