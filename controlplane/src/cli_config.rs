@@ -189,6 +189,65 @@ impl CliConfig {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The config at `path`, or an empty one bound to `path` when no file
+    /// is there yet (what `kairosctl config init` starts from).
+    pub fn load_or_empty(path: &Path) -> Result<CliConfig, ConfigError> {
+        match CliConfig::load(path) {
+            Err(ConfigError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(CliConfig { path: path.to_path_buf(), ..CliConfig::default() })
+            }
+            other => other,
+        }
+    }
+
+    /// Names of every context, sorted.
+    pub fn context_names(&self) -> Vec<String> {
+        self.contexts.keys().cloned().collect()
+    }
+
+    /// Makes `name` the current context; it must exist.
+    pub fn use_context(&mut self, name: &str) -> Result<(), ConfigError> {
+        self.context(Some(name))?;
+        self.current_context = name.to_string();
+        Ok(())
+    }
+
+    /// Removes context `name` and returns it; when it was the current one,
+    /// no context is current afterwards.
+    pub fn remove_context(&mut self, name: &str) -> Result<Context, ConfigError> {
+        self.context(Some(name))?;
+        if self.current_context == name {
+            self.current_context.clear();
+        }
+        self.contexts.remove(name).ok_or_else(|| ConfigError::UnknownContext {
+            name: name.to_string(),
+            path: self.path.clone(),
+            known: self.context_names(),
+        })
+    }
+}
+
+/// Where a context's bearer token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `token_file` names a file holding it.
+    File,
+    /// `token` holds it inline in the config.
+    Inline,
+    /// The context has no token (a client certificate, or none).
+    None,
+}
+
+impl TokenSource {
+    /// `file`, `inline` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::File => "file",
+            TokenSource::Inline => "inline",
+            TokenSource::None => "none",
+        }
+    }
 }
 
 impl Context {
@@ -221,7 +280,19 @@ impl Context {
         self.token_path().map(|path| read(&path).map(|t| t.trim().to_string())).transpose()
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Where the bearer token comes from.
+    pub fn token_source(&self) -> TokenSource {
+        match (&self.token, &self.token_file) {
+            (Some(_), _) => TokenSource::Inline,
+            (None, Some(_)) => TokenSource::File,
+            (None, None) => TokenSource::None,
+        }
+    }
+
+    /// `Err(rule)` when the context breaks a rule of the file format:
+    /// no endpoints, an endpoint that is not `https://`, or both a token
+    /// and a token file.
+    pub fn check(&self) -> Result<(), String> {
         if self.endpoints.is_empty() {
             return Err("endpoints is empty: list at least one https://HOST:PORT".into());
         }
