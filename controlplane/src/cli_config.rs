@@ -419,6 +419,37 @@ mod tests {
     }
 
     #[test]
+    fn use_and_remove_context_keep_current_context_pointing_at_a_context() {
+        let mut config = sample();
+        let err = config.use_context("staging").expect_err("unknown").to_string();
+        assert!(err.contains("known: lab, prod"), "{err}");
+        assert_eq!(config.current_context, "prod", "a refused switch changes nothing");
+        config.use_context("lab").expect("switch");
+        assert_eq!(config.current_context, "lab");
+        let removed = config.remove_context("prod").expect("remove");
+        assert_eq!(removed.token_source(), TokenSource::File);
+        assert_eq!((config.current_context.as_str(), config.context_names()), ("lab", vec!["lab".to_string()]));
+        assert_eq!(config.remove_context("lab").expect("remove").token_source(), TokenSource::Inline);
+        assert!(config.current_context.is_empty(), "the current context was removed");
+        assert!(matches!(config.remove_context("lab"), Err(ConfigError::UnknownContext { .. })));
+        assert_eq!(Context::new(vec!["https://h:1".into()]).token_source(), TokenSource::None);
+    }
+
+    #[test]
+    fn load_or_empty_starts_empty_only_when_the_file_is_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        let empty = CliConfig::load_or_empty(&path).expect("missing is empty");
+        assert!(empty.contexts.is_empty() && empty.current_context.is_empty());
+        assert_eq!(empty.path(), path);
+        std::fs::write(&path, "contexts = 3").expect("write");
+        assert!(
+            matches!(CliConfig::load_or_empty(&path), Err(ConfigError::Parse { .. })),
+            "a broken file is not replaced"
+        );
+    }
+
+    #[test]
     fn contexts_that_break_a_rule_are_refused_at_load() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.toml");

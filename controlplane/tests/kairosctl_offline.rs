@@ -179,6 +179,7 @@ fn config_contexts_round_trip_from_init_to_delete() {
     let run = d.run(&["config", "current-context"]);
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("no context selected"), "{}", run.stderr);
+    assert_eq!(mode(&d.config()), 0o600, "every rewrite keeps the file private");
 }
 
 #[test]
