@@ -189,6 +189,65 @@ impl CliConfig {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The config at `path`, or an empty one bound to `path` when no file
+    /// is there yet (what `kairosctl config init` starts from).
+    pub fn load_or_empty(path: &Path) -> Result<CliConfig, ConfigError> {
+        match CliConfig::load(path) {
+            Err(ConfigError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(CliConfig { path: path.to_path_buf(), ..CliConfig::default() })
+            }
+            other => other,
+        }
+    }
+
+    /// Names of every context, sorted.
+    pub fn context_names(&self) -> Vec<String> {
+        self.contexts.keys().cloned().collect()
+    }
+
+    /// Makes `name` the current context; it must exist.
+    pub fn use_context(&mut self, name: &str) -> Result<(), ConfigError> {
+        self.context(Some(name))?;
+        self.current_context = name.to_string();
+        Ok(())
+    }
+
+    /// Removes context `name` and returns it; when it was the current one,
+    /// no context is current afterwards.
+    pub fn remove_context(&mut self, name: &str) -> Result<Context, ConfigError> {
+        self.context(Some(name))?;
+        if self.current_context == name {
+            self.current_context.clear();
+        }
+        self.contexts.remove(name).ok_or_else(|| ConfigError::UnknownContext {
+            name: name.to_string(),
+            path: self.path.clone(),
+            known: self.context_names(),
+        })
+    }
+}
+
+/// Where a context's bearer token comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `token_file` names a file holding it.
+    File,
+    /// `token` holds it inline in the config.
+    Inline,
+    /// The context has no token (a client certificate, or none).
+    None,
+}
+
+impl TokenSource {
+    /// `file`, `inline` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::File => "file",
+            TokenSource::Inline => "inline",
+            TokenSource::None => "none",
+        }
+    }
 }
 
 impl Context {
@@ -221,7 +280,19 @@ impl Context {
         self.token_path().map(|path| read(&path).map(|t| t.trim().to_string())).transpose()
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Where the bearer token comes from.
+    pub fn token_source(&self) -> TokenSource {
+        match (&self.token, &self.token_file) {
+            (Some(_), _) => TokenSource::Inline,
+            (None, Some(_)) => TokenSource::File,
+            (None, None) => TokenSource::None,
+        }
+    }
+
+    /// `Err(rule)` when the context breaks a rule of the file format:
+    /// no endpoints, an endpoint that is not `https://`, or both a token
+    /// and a token file.
+    pub fn check(&self) -> Result<(), String> {
         if self.endpoints.is_empty() {
             return Err("endpoints is empty: list at least one https://HOST:PORT".into());
         }
@@ -345,6 +416,37 @@ mod tests {
         none_current.current_context.clear();
         let err = none_current.context(None).expect_err("no current").to_string();
         assert!(err.contains("known: lab, prod"), "{err}");
+    }
+
+    #[test]
+    fn use_and_remove_context_keep_current_context_pointing_at_a_context() {
+        let mut config = sample();
+        let err = config.use_context("staging").expect_err("unknown").to_string();
+        assert!(err.contains("known: lab, prod"), "{err}");
+        assert_eq!(config.current_context, "prod", "a refused switch changes nothing");
+        config.use_context("lab").expect("switch");
+        assert_eq!(config.current_context, "lab");
+        let removed = config.remove_context("prod").expect("remove");
+        assert_eq!(removed.token_source(), TokenSource::File);
+        assert_eq!((config.current_context.as_str(), config.context_names()), ("lab", vec!["lab".to_string()]));
+        assert_eq!(config.remove_context("lab").expect("remove").token_source(), TokenSource::Inline);
+        assert!(config.current_context.is_empty(), "the current context was removed");
+        assert!(matches!(config.remove_context("lab"), Err(ConfigError::UnknownContext { .. })));
+        assert_eq!(Context::new(vec!["https://h:1".into()]).token_source(), TokenSource::None);
+    }
+
+    #[test]
+    fn load_or_empty_starts_empty_only_when_the_file_is_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        let empty = CliConfig::load_or_empty(&path).expect("missing is empty");
+        assert!(empty.contexts.is_empty() && empty.current_context.is_empty());
+        assert_eq!(empty.path(), path);
+        std::fs::write(&path, "contexts = 3").expect("write");
+        assert!(
+            matches!(CliConfig::load_or_empty(&path), Err(ConfigError::Parse { .. })),
+            "a broken file is not replaced"
+        );
     }
 
     #[test]

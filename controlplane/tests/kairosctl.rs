@@ -3,13 +3,11 @@
 //! bearer token, leader redirects, failover and exit codes; the node and
 //! fleet views against a real one-replica cluster.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kairos_controlplane::fleet::image::ImageRef;
-use kairos_controlplane::security::{install_crypto_provider, Ca, ReplicaCredentials};
+use kairos_controlplane::security::{install_crypto_provider, ReplicaCredentials};
 use kairos_fleet_proto::fleet::v1 as pb;
 use pb::cluster_service_server::{ClusterService, ClusterServiceServer};
 use pb::release_service_server::{ReleaseService, ReleaseServiceServer};
@@ -19,9 +17,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
-/// Bound on every network step and on each kairosctl run.
-const STEP: Duration = Duration::from_secs(30);
-const TOKEN: &str = "kft_0123abcd_0123456789abcdef0123456789abcdef";
+mod kairosctl_support;
+use kairosctl_support::*;
 
 /// How a fake replica answers.
 #[derive(Clone)]
@@ -32,6 +29,10 @@ enum Behavior {
     Follower { leader_port: u16 },
     /// Refuses every call as a viewer token calling an admin method.
     Deny,
+    /// Refuses with UNAVAILABLE as the real server does when it cannot
+    /// forward (`api::unavailable`): leader 2 at this port named in the
+    /// message (`leader: replica 2 at ...`) and in the metadata.
+    ServerFollower { leader_port: u16 },
 }
 
 #[derive(Clone)]
@@ -53,6 +54,13 @@ impl Fake {
                 "replica {} is not the leader and cannot forward: leader is 2 at 127.0.0.1:{leader_port}",
                 self.id
             ))),
+            Behavior::ServerFollower { leader_port } => Err(kairos_controlplane::api::unavailable(
+                format!("replica {} cannot forward the call: the leader is unreachable", self.id),
+                &kairos_controlplane::replica::LeaderHint {
+                    id: Some(2),
+                    addr: Some(format!("127.0.0.1:{leader_port}")),
+                },
+            )),
             Behavior::Deny => Err(Status::permission_denied(
                 "this call needs role admin but the token has role viewer; ask an admin for a admin token",
             )),
@@ -207,69 +215,6 @@ impl Replica {
     }
 }
 
-/// A temp dir with ca.pem, admin.token and kairosctl.toml (context
-/// `default` with `endpoints`), plus the credentials for fake replicas.
-struct Setup {
-    dir: tempfile::TempDir,
-    creds: ReplicaCredentials,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let ca = Ca::generate("kairosctl-test").expect("ca");
-        let creds = ReplicaCredentials::issue(&ca, 1, &["127.0.0.1".into()]).expect("credentials");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).expect("write ca");
-        std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).expect("write token");
-        Setup { dir, creds }
-    }
-
-    fn config(&self, endpoints: &[String]) -> PathBuf {
-        let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-        let path = self.dir.path().join("kairosctl.toml");
-        let text = format!(
-            "current_context = \"default\"\n[contexts.default]\nendpoints = [{}]\nca_file = \"ca.pem\"\ntoken_file = \"admin.token\"\n",
-            list.join(", ")
-        );
-        std::fs::write(&path, text).expect("write config");
-        path
-    }
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs kairosctl with `args` after `--config config`, isolated from the
-/// user's environment.
-async fn kairosctl(config: &Path, args: &[&str]) -> Run {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kairosctl"));
-    command
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("KAIROS_CONFIG")
-        .env("HOME", config.parent().unwrap_or(Path::new("/")))
-        .kill_on_drop(true);
-    let output =
-        tokio::time::timeout(STEP, command.output()).await.expect("kairosctl finishes").expect("kairosctl runs");
-    let run = Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!("kairosctl {args:?} -> {:?}\nstdout:\n{}stderr:\n{}", run.code, run.stdout, run.stderr);
-    run
-}
-
-/// A loopback port nothing listens on.
-async fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().map(|a: SocketAddr| a.port()).expect("addr")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_status_json_shows_the_leader_and_sends_the_token() {
     let setup = Setup::new();
@@ -319,6 +264,35 @@ async fn unreachable_leader_fails_naming_it() {
     assert!(run.stderr.contains(&format!("replica 2 at 127.0.0.1:{dead}")), "{}", run.stderr);
     assert!(run.stderr.contains(&follower.url()), "names the endpoint tried: {}", run.stderr);
     follower.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_that_cannot_forward_names_the_leader_replica_in_the_servers_phrasing() {
+    let setup = Setup::new();
+    // The leader it names is up: kairosctl retries there and succeeds.
+    let leader = Replica::start(&setup.creds, 2, Behavior::Leader).await;
+    let follower = Replica::start(&setup.creds, 1, Behavior::ServerFollower { leader_port: leader.fake.port }).await;
+    let config = setup.config(&[follower.url()]);
+    let run = kairosctl(&config, &["cluster", "status", "-o", "json"]).await;
+    assert_eq!(run.code, Some(0));
+    assert_eq!(leader.fake.calls().len(), 1, "redirected to the leader");
+    follower.stop().await;
+
+    // The leader it names is down: the error names replica 2 and its address.
+    let dead = closed_port().await;
+    let follower = Replica::start(&setup.creds, 1, Behavior::ServerFollower { leader_port: dead }).await;
+    let config = setup.config(&[follower.url()]);
+    let run = kairosctl(&config, &["cluster", "status", "--connect-timeout", "2s"]).await;
+    assert_eq!(run.code, Some(5));
+    let named = format!("leader: replica 2 at 127.0.0.1:{dead}");
+    assert!(
+        run.stderr.contains(&format!("the leader, replica 2 at 127.0.0.1:{dead}, is unreachable")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.lines().any(|l| l.starts_with("hint: ") && l.contains(&named)), "{}", run.stderr);
+    follower.stop().await;
+    leader.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,117 +384,6 @@ async fn completion_bash_prints_a_script() {
     let run = kairosctl(&setup.dir.path().join("absent.toml"), &["completion", "bash"]).await;
     assert_eq!(run.code, Some(0));
     assert!(run.stdout.contains("complete -F") && run.stdout.contains("kairosctl"), "{}", run.stdout);
-}
-
-/// The next line of a running kairosctl, as JSON.
-async fn next_json(
-    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-) -> serde_json::Value {
-    let line = tokio::time::timeout(STEP, lines.next_line()).await.expect("a line in time").expect("read");
-    serde_json::from_str(&line.expect("kairosctl still running")).expect("a JSON line")
-}
-
-/// The id of test node `i`.
-fn fleet_node_id(i: u32) -> String {
-    format!("{:08x}{:024x}", 0xabc0_0000_u32 + i, 0)
-}
-
-/// A real one-replica cluster on loopback with `setup`'s credentials, the
-/// test token stored as a viewer token, and three nodes: two ubuntu
-/// (one online), one opensuse.
-async fn fleet_replica(setup: &Setup) -> (kairos_controlplane::replica::ReplicaHandle, String) {
-    use kairos_controlplane::nodes::{self, NodeRecord, SessionRecord};
-    use kairos_controlplane::replica::{RaftTuning, ReplicaConfig};
-    use kairos_controlplane::security::{hash_secret, Role, TokenId, TokenRecord};
-    use kairos_controlplane::store::{Op, Request as Write};
-
-    let port = closed_port().await;
-    let creds = Arc::new(ReplicaCredentials {
-        ca_pem: setup.creds.ca_pem.clone(),
-        cert_pem: setup.creds.cert_pem.clone(),
-        key_pem: setup.creds.key_pem.clone(),
-    });
-    let peer_creds = Arc::clone(&creds);
-    let config = ReplicaConfig {
-        id: 1,
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        advertise: format!("127.0.0.1:{port}"),
-        data_dir: setup.dir.path().join("replica-1"),
-        server_tls: creds.server_tls(),
-        peer_tls: Arc::new(move |host: &str| peer_creds.client_tls(host)),
-        bootstrap: true,
-        raft: RaftTuning::default(),
-        // The test writes session records itself: the reconciler, which
-        // removes records of streams nobody holds, stays idle.
-        sessions: kairos_controlplane::sessions::SessionSettings {
-            reconcile_every: Duration::from_secs(3600),
-            ..Default::default()
-        },
-        engine: Default::default(),
-        node_ca: None,
-        registry: Default::default(),
-    };
-    let handle = kairos_controlplane::replica::Replica::start(config).await.expect("replica starts");
-    let raft = handle.raft().clone();
-    tokio::time::timeout(STEP, async {
-        while raft.metrics().borrow().current_leader.is_none() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("a leader");
-
-    let (id, secret) = TOKEN.trim_start_matches("kft_").split_once('_').expect("test token");
-    let token = TokenRecord {
-        id: TokenId::parse(id).expect("token id"),
-        role: Role::Viewer,
-        description: "kairosctl tests".into(),
-        hash: hash_secret(secret),
-        created_at_ms: 1_000,
-        expires_at_ms: None,
-        revoked: false,
-        created_by: "init".into(),
-        revoked_at_ms: None,
-    };
-    let mut ops = vec![Op::put(format!("tokens/{id}"), serde_json::to_vec(&token).expect("token json"))];
-    for (i, flavor, site) in [(1u32, "ubuntu", "berlin"), (2, "ubuntu", "paris"), (3, "opensuse", "berlin")] {
-        // Random-looking ids, as machine ids are: distinct in their first 12 digits.
-        let node_id = fleet_node_id(i);
-        let mut record = NodeRecord {
-            node_id: node_id.clone(),
-            machine_id: node_id.clone(),
-            hostname: format!("edge-{i}"),
-            identity: Some(pb::NodeIdentity { release: "v2.4.2".into(), ..Default::default() }),
-            family: Some(pb::ImageFamily {
-                flavor: flavor.into(),
-                flavor_release: "22.04".into(),
-                variant: "core".into(),
-                arch: "amd64".into(),
-                model: "generic".into(),
-                trusted_boot: false,
-            }),
-            state: if i == 2 { pb::NodeState::Failed } else { pb::NodeState::Idle } as i32,
-            ..Default::default()
-        };
-        record.node_labels.insert("site".into(), site.into());
-        ops.push(Op::put(nodes::node_key(&node_id), record.encode()));
-        if i == 1 {
-            let session = SessionRecord { replica_id: 1, session_id: 1, connected_at_ms: 1_700_000_000_000 };
-            ops.push(Op::put(nodes::session_key(&node_id), session.encode()));
-        }
-    }
-    handle.write(Write::batch(ops)).await.expect("seed");
-    let release = pb::AddReleaseRequest {
-        image_ref: "quay.io/kairos/ubuntu:22.04-core-amd64-generic-v2.4.3".into(),
-        ..Default::default()
-    };
-    let stored = kairos_controlplane::api::release::ReleaseRecord::manual(
-        &ImageRef::upgrade_target(&release.image_ref).expect("release ref"),
-        None,
-    );
-    let value = serde_json::to_vec(&stored).expect("release json");
-    handle.write(Write::put(stored.key(), value)).await.expect("catalog");
-    (handle, format!("https://127.0.0.1:{port}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use clap_complete::Shell;
 
 use super::audit::AuditCommand;
+use super::config::ConfigCommand;
 use super::enroll_tokens::EnrollTokensCommand;
 use super::fleet::FleetCommand;
 use super::nodes::NodesCommand;
@@ -127,6 +128,12 @@ pub enum Command {
         /// The image command.
         #[command(subcommand)]
         command: ImageCommand,
+    },
+    /// kairosctl's own config file: contexts to init, view, switch and delete (offline).
+    Config {
+        /// The config command.
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Print a shell completion script, e.g. `source <(kairosctl completion bash)`.
     Completion {

@@ -4,8 +4,9 @@
 //! The convention, shared with the server's API handlers: a call that must
 //! run on the leader and reaches a replica that cannot serve or forward it
 //! fails with `UNAVAILABLE`, and
-//! - its message contains `leader is <id> at <host:port>` (`at ...` left out
-//!   when the address is unknown), and/or
+//! - its message contains `leader is <id> at <host:port>` or, as the
+//!   server's `api::unavailable` writes it, `leader: replica <id> at
+//!   <host:port>` (`at ...` left out when the address is unknown), and/or
 //! - its metadata carries [`LEADER_METADATA_KEY`] = `<host:port>` (the
 //!   leader's public API address; an `https://` prefix is tolerated).
 //!
@@ -44,27 +45,36 @@ impl LeaderHint {
         (hint.id.is_some() || hint.address.is_some()).then_some(hint)
     }
 
-    /// Reads `leader is <id> at <host:port>` (case-insensitive, `at ...`
-    /// optional) out of a status message.
+    /// Reads `leader is <id> at <host:port>`, or the server's own
+    /// `leader: replica <id> at <host:port>` (case-insensitive, `at ...`
+    /// optional), out of a status message; the first mention that names
+    /// a leader wins.
     pub fn parse_message(message: &str) -> Option<LeaderHint> {
-        const MARK: &str = "leader is ";
+        const MARKS: [&str; 2] = ["leader is ", "leader: "];
         // ASCII lowercasing keeps byte offsets, so indices carry over.
-        let start = message.to_ascii_lowercase().find(MARK)? + MARK.len();
-        let rest = &message[start..];
-        let rest = rest.strip_prefix("replica ").unwrap_or(rest);
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let id = rest[..digits].parse::<u64>().ok().filter(|id| *id > 0);
-        let address = rest[digits..]
-            .strip_prefix(" at ")
-            .and_then(|tail| tail.split_whitespace().next())
-            .and_then(|word| normalize_address(word.trim_start_matches(['`', '"', '\''])));
-        (id.is_some() || address.is_some()).then_some(LeaderHint { id, address })
+        let lower = message.to_ascii_lowercase();
+        let mut starts: Vec<usize> =
+            MARKS.iter().flat_map(|mark| lower.match_indices(mark).map(move |(at, _)| at + mark.len())).collect();
+        starts.sort_unstable();
+        starts.into_iter().find_map(|start| parse_after_mark(&message[start..]))
     }
 
     /// `https://<address>`, the URL to retry on.
     pub fn url(&self) -> Option<String> {
         self.address.as_ref().map(|address| format!("https://{address}"))
     }
+}
+
+/// The hint in `rest`, the text after a `leader is ` / `leader: ` mark.
+fn parse_after_mark(rest: &str) -> Option<LeaderHint> {
+    let rest = rest.strip_prefix("replica ").unwrap_or(rest);
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let id = rest[..digits].parse::<u64>().ok().filter(|id| *id > 0);
+    let address = rest[digits..]
+        .strip_prefix(" at ")
+        .and_then(|tail| tail.split_whitespace().next())
+        .and_then(|word| normalize_address(word.trim_start_matches(['`', '"', '\''])));
+    (id.is_some() || address.is_some()).then_some(LeaderHint { id, address })
 }
 
 impl fmt::Display for LeaderHint {
@@ -115,6 +125,11 @@ mod tests {
             ("no leader elected yet", None),
             ("leader is unknown", None),
             ("leader is 0", None),
+            // The server's own phrasing (`api::unavailable`).
+            ("no leader accepted the write within 5s; last known leader: replica 2 at 10.0.0.2:7001; leader: replica 2 at 10.0.0.2:7001", hint(Some(2), Some("10.0.0.2:7001"))),
+            ("forwarding to the leader failed: tcp connect error; leader: replica 3 (address unknown)", hint(Some(3), None)),
+            ("no leader to run the membership change; leader: no leader known", None),
+            ("leader: no leader known; but the leader is 4 at h:1", hint(Some(4), Some("h:1"))),
         ];
         for (message, want) in cases {
             assert_eq!(LeaderHint::parse_message(message), want, "{message:?}");

@@ -3,7 +3,8 @@
 //!
 //! - [`client`]: [`Connection`], TLS channels, bearer token, failover and
 //!   leader redirects ([`leader`] holds the hint convention).
-//! - [`settings`]: config file + flags → [`ConnectionSettings`].
+//! - [`settings`]: config file + flags → [`ConnectionSettings`];
+//!   [`config`]: `kairosctl config ...`, the file's contexts.
 //! - [`error`]: [`CliError`], its hint and exit code.
 //! - [`output`]: `-o table|json|yaml`; each command module defines the
 //!   serde views it prints ([`cluster`], [`releases`], [`sync`], [`image`],
@@ -14,6 +15,7 @@ pub mod args;
 pub mod audit;
 pub mod client;
 pub mod cluster;
+pub mod config;
 pub mod enroll_tokens;
 pub mod error;
 pub mod fleet;
@@ -55,6 +57,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             clap_complete::generate(shell, &mut Cli::command(), "kairosctl", out);
             Ok(())
         }
+        Command::Config { command } => config::run(&cli.global, command, format, out),
         Command::Image { command: ImageCommand::Inspect { reference } } => {
             print(out, &image::inspect(&reference)?, format)
         }

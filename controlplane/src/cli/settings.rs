@@ -153,7 +153,8 @@ fn load_config(overrides: &Overrides) -> Result<Option<CliConfig>, CliError> {
         Err(ConfigError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
             Err(CliError::usage(
                 format!("no kairosctl config at {}", path.display()),
-                "run `kairos-controlplane init` and point --config or KAIROS_CONFIG at its kairosctl.toml, \
+                "create one with `kairosctl config init --server https://HOST:PORT --ca ca.pem --token-file TOKEN`, \
+                 point --config or KAIROS_CONFIG at the kairosctl.toml `kairos-controlplane init` wrote, \
                  or pass --server, --ca and --token-file",
             ))
         }

@@ -198,10 +198,53 @@ fn image_inspect_renders_in_every_format() {
 
 #[tokio::test]
 async fn completion_prints_a_script_for_each_shell() {
-    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef kairosctl"), ("fish", "complete -c kairosctl")] {
+    let shells = [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef kairosctl"),
+        ("fish", "complete -c kairosctl"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[kairosctl]"),
+    ];
+    for (shell, marker) in shells {
         let mut out = Vec::new();
         super::run(parse(&["kairosctl", "completion", shell]), &mut out).await.expect("completion");
         let script = String::from_utf8(out).expect("utf-8");
-        assert!(script.contains(marker) && script.contains("add-replica"), "{shell}: {script}");
+        assert!(script.contains(marker), "{shell} lacks {marker:?}: {script}");
+        for word in ["add-replica", "rollout", "config", "use-context", "get-contexts"] {
+            assert!(script.contains(word), "{shell} script does not complete {word:?}");
+        }
     }
+}
+
+#[test]
+fn config_subcommands_parse_with_the_global_flags() {
+    use super::config::ConfigCommand;
+    let cli = parse(&[
+        "kairosctl",
+        "config",
+        "init",
+        "--context",
+        "lab",
+        "--server",
+        "https://a:1",
+        "--server",
+        "https://b:1",
+        "--ca",
+        "ca.pem",
+        "--token",
+        "kft_0123abcd_s",
+        "--force",
+    ]);
+    assert_eq!(cli.global.context.as_deref(), Some("lab"));
+    assert_eq!(cli.global.servers, ["https://a:1", "https://b:1"]);
+    match cli.command {
+        Command::Config { command: ConfigCommand::Init { token, force } } => {
+            assert_eq!((token.as_deref(), force), (Some("kft_0123abcd_s"), true));
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+    let cli = parse(&["kairosctl", "config", "use-context", "prod", "-o", "json"]);
+    assert!(matches!(cli.command, Command::Config { command: ConfigCommand::UseContext { name } } if name == "prod"));
+    assert!(Cli::try_parse_from(["kairosctl", "config", "use-context"]).is_err(), "the name is required");
+    assert!(Cli::try_parse_from(["kairosctl", "config", "delete-context"]).is_err(), "the name is required");
 }
