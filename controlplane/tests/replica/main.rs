@@ -12,6 +12,7 @@ mod enroll;
 mod errors;
 mod fleet;
 mod fleet_watch;
+mod reflection;
 mod registry_sync;
 mod rollouts;
 mod sessions;
