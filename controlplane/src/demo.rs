@@ -154,7 +154,9 @@ pub fn seed_images(release: &str) -> Vec<String> {
 }
 
 /// Runs the demo, printing to `out`. Blocks until it ends (and, with
-/// `keep_serving`, until Ctrl-C).
+/// `keep_serving`, until Ctrl-C). Whatever happens after the replica has
+/// started, the fleet and the replica are stopped cleanly before it returns,
+/// so the folder's store is always left flushed.
 pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome, DemoError> {
     check(opts)?;
     let started = Instant::now();
@@ -163,8 +165,7 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
     let spec: ReplicaSpec = format!("1=127.0.0.1:{port}").parse().map_err(|e| DemoError::Usage(format!("{e}")))?;
     let init = InitOptions { data_dir: opts.data_dir.clone(), replicas: vec![spec], force: false };
     bootstrap::init_cluster(&init).map_err(|e| DemoError::Folder(format!("laying out the cluster: {e}")))?;
-    let fail_file = opts.data_dir.join(FAIL_FILE);
-    write_file(&fail_file, "")?;
+    write_file(&opts.data_dir.join(FAIL_FILE), "")?;
 
     let mut show = Show { out, started };
     show.heading("A single-replica control plane");
@@ -180,8 +181,6 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
     };
     let serve::Started { replica, metrics } = serve::start(&serve_opts).await?;
-    let config = opts.data_dir.join(bootstrap::KAIROSCTL_CONFIG_FILE);
-    let ctl = Ctl { config: config.clone() };
     show.note(&format!(
         "replica 1 serves https://127.0.0.1:{port}; its sled store, CA and admin token are in {}",
         opts.data_dir.display()
@@ -189,8 +188,45 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
     if let Some(m) = &metrics {
         show.note(&format!("Prometheus metrics: http://{}/metrics", m.local_addr()));
     }
+
+    let (stop_fleet, stop_rx) = watch::channel(false);
+    let mut fleet = None;
+    let result = story(opts, &mut show, port, &mut fleet, stop_rx).await;
+    if opts.keep_serving && result.is_ok() {
+        show.heading("Still running: explore with kairosctl (Ctrl-C ends)");
+        let config = opts.data_dir.join(bootstrap::KAIROSCTL_CONFIG_FILE);
+        show.note(&format!("export KAIROS_CONFIG={}", config.display()));
+        show.note("kairosctl nodes list   kairosctl rollout list   kairosctl rollout status ro-000001 --nodes");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let _ = stop_fleet.send(true);
+    if let Some(fleet) = fleet {
+        if let Err(e) = fleet.finish().await {
+            tracing::warn!(%e, "stopping the simulated fleet");
+        }
+    }
+    drop(metrics);
+    if let Err(e) = replica.shutdown().await {
+        tracing::warn!(%e, "stopping the replica");
+    }
+    result
+}
+
+/// The demo's story, once the replica runs: the catalog, the fleet, the
+/// rollout with its failing canary, the report. `fleet` receives the
+/// simulated fleet as soon as it starts, for the caller to stop.
+async fn story(
+    opts: &DemoOptions,
+    show: &mut Show<'_>,
+    port: u16,
+    fleet: &mut Option<Simulation>,
+    stop: watch::Receiver<bool>,
+) -> Result<DemoOutcome, DemoError> {
+    let config = opts.data_dir.join(bootstrap::KAIROSCTL_CONFIG_FILE);
+    let fail_file = opts.data_dir.join(FAIL_FILE);
+    let ctl = Ctl { config: config.clone() };
     wait_ready(&ctl).await?;
-    ctl.show(&mut show, &["cluster", "status"]).await?;
+    ctl.show(show, &["cluster", "status"]).await?;
 
     show.heading("The release catalog");
     let mut images = seed_images(FROM);
@@ -199,20 +235,21 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
     add.extend(images.iter().map(String::as_str));
     show.command(&format!(
         "releases add {} ... ({} images: every seed family at {FROM} and {TO})",
-        images[0],
+        images.first().map_or("", String::as_str),
         images.len()
     ));
     ctl.run_quiet(&add).await?;
-    ctl.show(&mut show, &["releases", "list", "--flavor", "ubuntu"]).await?;
+    ctl.show(show, &["releases", "list", "--flavor", "ubuntu"]).await?;
 
     show.heading(&format!("A simulated fleet of {} nodes", opts.nodes));
-    let uses = opts.nodes.to_string();
+    // Headroom: a node whose enrollment answer was lost enrolls again and
+    // spends another use.
+    let uses = (opts.nodes + opts.nodes / 10 + 4).to_string();
     let created = ctl.json(&["enroll-tokens", "create", "--uses", &uses, "--ttl", "1h"]).await?;
     show.command(&format!("enroll-tokens create --uses {uses} --ttl 1h"));
     let secret = created["secret"].as_str().unwrap_or_default().to_string();
     let ca_pem = std::fs::read_to_string(opts.data_dir.join("ca.pem"))
         .map_err(|e| DemoError::Folder(format!("reading the cluster CA: {e}")))?;
-    let (stop_fleet, stop_rx) = watch::channel(false);
     let sim_opts = SimulateOptions {
         servers: vec![format!("https://127.0.0.1:{port}")],
         token: secret,
@@ -229,22 +266,33 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
         fail_file: Some(fail_file.clone()),
         history: None,
     };
-    let fleet = Simulation::start(sim_opts, stop_rx).map_err(|e| DemoError::Fleet(e.to_string()))?;
+    let sim = fleet.insert(Simulation::start(sim_opts, stop).map_err(|e| DemoError::Fleet(e.to_string()))?);
     show.note("each node client enrolls with its own key, gets a certificate from the replica's node CA and opens its mTLS stream");
-    wait_until("every simulated node to enroll and connect", Duration::from_secs(120), || {
-        let live = fleet.live();
-        (live.enroll_failures == 0
-            && live.enrolled as usize == opts.nodes
-            && live.sessions.connected as usize == opts.nodes)
-            .then_some(())
-    })
-    .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let live = sim.live();
+        if live.enroll_failures > 0 {
+            return Err(DemoError::Fleet(format!(
+                "{} node(s) could not enroll; the replica's log says why",
+                live.enroll_failures
+            )));
+        }
+        if live.enrolled as usize == opts.nodes && live.sessions.connected as usize == opts.nodes {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Timeout(format!(
+                "{} of {} nodes enrolled and {} connected after two minutes",
+                live.enrolled, opts.nodes, live.sessions.connected
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     wait_for_nodes(&ctl, opts.nodes).await?;
-    ctl.show(&mut show, &["fleet", "report"]).await?;
+    ctl.show(show, &["fleet", "report"]).await?;
 
     show.heading(&format!("A staged patch rollout to {TO}"));
-    let rule = format!("{}/standard\n", opts.failing_flavor);
-    write_file(&fail_file, &rule)?;
+    write_file(&fail_file, &format!("{}/standard\n", opts.failing_flavor))?;
     show.note(&format!(
         "the {TO} image of {} standard is broken: a node that boots it falls back to its previous image",
         opts.failing_flavor
@@ -272,29 +320,29 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
     show.note(&format!(
         "rollout {rollout_id}: wave 0 is a canary of every image family, then a quarter of the fleet, then the rest"
     ));
-    ctl.show(&mut show, &["rollout", "watch", &rollout_id, "--until", "paused"]).await?;
+    ctl.show(show, &["rollout", "watch", &rollout_id, "--until", "paused"]).await?;
 
     let paused = ctl.json(&["rollout", "status", &rollout_id]).await?;
     let pause_reason = paused["rollout"]["reason_message"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
     if paused["rollout"]["phase"] == "paused" {
         show.heading("The canary failed: the rollout paused");
-        ctl.show(&mut show, &["rollout", "status", &rollout_id]).await?;
+        ctl.show(show, &["rollout", "status", &rollout_id]).await?;
         let nodes = ctl.json(&["rollout", "status", &rollout_id, "--nodes"]).await?;
         let failed = nodes["nodes"].as_array().into_iter().flatten().find(|n| n["state"] == "failed");
         if let Some(node) = failed.and_then(|n| n["node_id"].as_str()) {
             show.note("the failed canary, as its node client reported it:");
-            ctl.show(&mut show, &["nodes", "get", node]).await?;
+            ctl.show(show, &["nodes", "get", node]).await?;
         }
         show.note("only the canaries were touched; every other node still runs its old image");
         show.heading("Publish the fix, retry the failed canary, resume");
         write_file(&fail_file, "")?;
         show.note(&format!("a fixed {TO} image of {} standard is published", opts.failing_flavor));
-        ctl.show(&mut show, &["rollout", "resume", &rollout_id, "--retry-failed"]).await?;
-        ctl.show(&mut show, &["rollout", "watch", &rollout_id]).await?;
+        ctl.show(show, &["rollout", "resume", &rollout_id, "--retry-failed"]).await?;
+        ctl.show(show, &["rollout", "watch", &rollout_id]).await?;
     }
 
     show.heading("The fleet after the rollout");
-    ctl.show(&mut show, &["fleet", "report"]).await?;
+    ctl.show(show, &["fleet", "report"]).await?;
     let end = ctl.json(&["rollout", "status", &rollout_id]).await?;
     let totals = &end["rollout"]["totals"];
     let outcome = DemoOutcome {
@@ -303,7 +351,7 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
         pause_reason,
         total: totals["total"].as_u64().unwrap_or(0),
         healthy: totals["healthy"].as_u64().unwrap_or(0),
-        enrolled: fleet.live().enrolled,
+        enrolled: sim.live().enrolled,
     };
     show.note(&format!(
         "rollout {} {}: {} of {} nodes healthy on {TO}, in {:.0?}",
@@ -311,29 +359,15 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
         outcome.phase,
         outcome.healthy,
         outcome.total,
-        started.elapsed()
+        show.started.elapsed()
     ));
-
-    if opts.keep_serving {
-        show.heading("Still running: explore with kairosctl (Ctrl-C ends)");
-        show.note(&format!("export KAIROS_CONFIG={}", config.display()));
-        show.note("kairosctl nodes list   kairosctl rollout list   kairosctl rollout status ro-000001 --nodes");
-        let _ = tokio::signal::ctrl_c().await;
-    } else {
+    if !opts.keep_serving {
         show.note(&format!(
             "the store stays in {0}: `kairos-controlplane serve --data-dir {0}` serves it again, \
              and `KAIROS_CONFIG={1} kairosctl rollout list` reads it",
             opts.data_dir.display(),
             config.display()
         ));
-    }
-    let _ = stop_fleet.send(true);
-    if let Err(e) = fleet.finish().await {
-        tracing::warn!(%e, "stopping the simulated fleet");
-    }
-    drop(metrics);
-    if let Err(e) = replica.shutdown().await {
-        tracing::warn!(%e, "stopping the replica");
     }
     Ok(outcome)
 }
@@ -448,17 +482,6 @@ async fn wait_for_nodes(ctl: &Ctl, count: usize) -> Result<(), DemoError> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<()>) -> Result<(), DemoError> {
-    let deadline = Instant::now() + timeout;
-    while check().is_none() {
-        if Instant::now() > deadline {
-            return Err(DemoError::Timeout(format!("waiting for {what}")));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 /// Makes `dir` an empty folder of the demo's own: an earlier demo's folder

@@ -13,7 +13,7 @@
 //! | `kairos_fleet_nodes` | flavor, release, support | enrolled nodes |
 //! | `kairos_fleet_nodes_online` | flavor, release, support | of which online |
 //! | `kairos_fleet_nodes_by_state` | state | nodes per upgrade state |
-//! | `kairos_fleet_rollout_nodes` | rollout, target, state | nodes of a rollout per state (pending, in_flight, healthy, failed, deferred, cancelled, reverted) |
+//! | `kairos_fleet_rollout_nodes` | rollout, target, state | nodes of a rollout per state (total, pending, in_flight, healthy, failed, deferred, skipped, rolled_back, cancelled) |
 //! | `kairos_fleet_rollout_phase` | rollout, phase | 1 for the rollout's phase |
 //! | `kairos_fleet_rollout_current_wave` / `_waves` | rollout | wave worked on (0-based) / number of waves |
 //! | `kairos_fleet_raft_term`, `_leader_id`, `_is_leader` | | raft role |
@@ -31,6 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -48,8 +49,8 @@ use tokio::task::JoinHandle;
 
 use crate::api::fleet::filter::NodeMatcher;
 use crate::api::fleet::fleet_report;
+use crate::api::rollout::convert::rollout_to_pb;
 use crate::engine::records::{read_headers, Header};
-use crate::fleet::rollout::WaveCounts;
 use crate::replica::ReplicaClient;
 use crate::sessions::Sessions;
 
@@ -123,18 +124,51 @@ impl<S: Stream + Unpin> Stream for Counted<S> {
     }
 }
 
+/// How long the result of a scan of the fleet and the rollouts serves
+/// further scrapes: however many scrapers there are, a replica scans at
+/// most once a second for them.
+pub const SCAN_REUSE: Duration = Duration::from_secs(1);
+
+/// The fleet report and rollout headers of one scan.
+type Scanned = Arc<(pb::FleetReportResponse, Vec<(Header, u64)>)>;
+
 /// What a scrape reads from.
 #[derive(Clone)]
 pub struct MetricsSource {
     client: ReplicaClient,
     sessions: Sessions,
     streams: Arc<StreamGauges>,
+    /// The last scan and when it ended; held during a scan, so scans never
+    /// overlap.
+    last_scan: Arc<tokio::sync::Mutex<Option<(Instant, Scanned)>>>,
 }
 
 impl MetricsSource {
     /// Reads from this replica's client, sessions and stream gauges.
     pub fn new(client: ReplicaClient, sessions: Sessions, streams: Arc<StreamGauges>) -> MetricsSource {
-        MetricsSource { client, sessions, streams }
+        MetricsSource { client, sessions, streams, last_scan: Arc::default() }
+    }
+
+    /// The fleet report and rollout headers: the last scan's when it is
+    /// younger than [`SCAN_REUSE`], else a new one.
+    async fn scanned(&self) -> Result<Scanned, String> {
+        let mut last = self.last_scan.lock().await;
+        if let Some((at, scanned)) = last.as_ref() {
+            if at.elapsed() < SCAN_REUSE {
+                return Ok(Arc::clone(scanned));
+            }
+        }
+        let reader = self.client.reader().clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let matcher = NodeMatcher::new("filter", None).map_err(|s| s.message().to_string())?;
+            let report = fleet_report(reader.clone(), &matcher).map_err(|s| s.message().to_string())?;
+            let headers = read_headers(&reader).map_err(|e| e.to_string())?;
+            Ok::<_, String>(Arc::new((report, headers)))
+        })
+        .await
+        .map_err(|e| format!("the scrape's scan failed: {e}"))??;
+        *last = Some((Instant::now(), Arc::clone(&scanned)));
+        Ok(scanned)
     }
 
     /// Every metric, in the Prometheus text format.
@@ -150,17 +184,10 @@ impl MetricsSource {
         }
         registry.register("watch_streams", "Open watch streams on this replica", watches);
 
-        let reader = self.client.reader().clone();
-        let (report, headers) = tokio::task::spawn_blocking(move || {
-            let matcher = NodeMatcher::new("filter", None).map_err(|s| s.message().to_string())?;
-            let report = fleet_report(reader.clone(), &matcher).map_err(|s| s.message().to_string())?;
-            let headers = read_headers(&reader).map_err(|e| e.to_string())?;
-            Ok::<_, String>((report, headers))
-        })
-        .await
-        .map_err(|e| format!("the scrape's scan failed: {e}"))??;
-        fleet(&mut registry, &report);
-        rollouts(&mut registry, headers.into_iter().map(|(h, _)| h).collect());
+        let scanned = self.scanned().await?;
+        let (report, headers) = scanned.as_ref();
+        fleet(&mut registry, report);
+        rollouts(&mut registry, headers);
 
         let mut text = String::new();
         encode(&mut text, &registry).map_err(|e| format!("encoding the metrics: {e}"))?;
@@ -230,12 +257,14 @@ fn fleet(registry: &mut Registry, report: &pb::FleetReportResponse) {
 
 /// The rollouts worth reporting: every active one and the most recent
 /// finished ones.
-fn reported(mut headers: Vec<Header>) -> Vec<Header> {
-    // Ids are `ro-NNNNNN`, assigned in order: newest last.
-    headers.sort_by(|a, b| a.id.cmp(&b.id));
-    let finished = headers.iter().filter(|h| h.phase.is_terminal()).count();
+fn reported(headers: &[(Header, u64)]) -> Vec<&(Header, u64)> {
+    let mut headers: Vec<&(Header, u64)> = headers.iter().collect();
+    // Ids are `ro-NNNNNN`, assigned in order; the number may outgrow six digits.
+    let number = |id: &str| id.trim_start_matches("ro-").parse::<u64>().unwrap_or(u64::MAX);
+    headers.sort_by_key(|(h, _)| (number(&h.id), h.id.clone()));
+    let finished = headers.iter().filter(|(h, _)| h.phase.is_terminal()).count();
     let mut skip = finished.saturating_sub(FINISHED_ROLLOUTS);
-    headers.retain(|h| {
+    headers.retain(|(h, _)| {
         if h.phase.is_terminal() && skip > 0 {
             skip -= 1;
             return false;
@@ -245,25 +274,16 @@ fn reported(mut headers: Vec<Header>) -> Vec<Header> {
     headers
 }
 
-fn rollouts(registry: &mut Registry, headers: Vec<Header>) {
+fn rollouts(registry: &mut Registry, headers: &[(Header, u64)]) {
     let nodes = Family::<Labels, Gauge>::default();
     let phase = Family::<Labels, Gauge>::default();
     let current = Family::<Labels, Gauge>::default();
     let waves = Family::<Labels, Gauge>::default();
-    for h in reported(headers) {
+    for (h, revision) in reported(headers) {
         let id = vec![("rollout", h.id.clone())];
+        // The counts exactly as GetRollout and kairosctl show them.
+        let totals = rollout_to_pb(h, *revision).status.and_then(|s| s.totals).unwrap_or_default();
         let target = h.target.as_ref().map(|t| format!("v{}", t.release)).unwrap_or_default();
-        let mut totals = WaveCounts::default();
-        for c in &h.counts {
-            totals.total += c.total;
-            totals.pending += c.pending;
-            totals.in_flight += c.in_flight;
-            totals.healthy += c.healthy;
-            totals.failed += c.failed;
-            totals.deferred += c.deferred;
-            totals.cancelled += c.cancelled;
-            totals.reverted += c.reverted;
-        }
         let states = [
             ("total", totals.total),
             ("pending", totals.pending),
@@ -271,8 +291,9 @@ fn rollouts(registry: &mut Registry, headers: Vec<Header>) {
             ("healthy", totals.healthy),
             ("failed", totals.failed),
             ("deferred", totals.deferred),
+            ("skipped", totals.skipped),
+            ("rolled_back", totals.rolled_back),
             ("cancelled", totals.cancelled),
-            ("reverted", totals.reverted),
         ];
         for (state, n) in states {
             let labels = vec![("rollout", h.id.clone()), ("target", target.clone()), ("state", state.to_string())];
@@ -295,9 +316,14 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `addr` and serves `/metrics` from `source`.
-    pub async fn start(addr: SocketAddr, source: MetricsSource) -> std::io::Result<MetricsServer> {
-        let listener = TcpListener::bind(addr).await?;
+    /// Binds `addr`; done before the replica starts, so a taken port
+    /// fails the start before anything runs.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+        TcpListener::bind(addr).await
+    }
+
+    /// Serves `/metrics` from `source` on `listener`.
+    pub fn start(listener: TcpListener, source: MetricsSource) -> std::io::Result<MetricsServer> {
         let local_addr = listener.local_addr()?;
         let app = Router::new()
             .route("/metrics", get(scrape))

@@ -171,26 +171,32 @@ pub async fn start(opts: &ServeOptions) -> Result<Started, ServeError> {
         node_ca,
         registry: RegistrySettings::with_plain_http(opts.registry_plain_http.clone()),
     };
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(
+            MetricsServer::bind(addr)
+                .await
+                .map_err(|e| ServeError::Invalid(format!("--metrics-listen {addr}: cannot listen: {e}")))?,
+        ),
+        None => None,
+    };
+    let tokens = BootstrapTokens::load(&dir)?;
     tracing::info!(id = file.id, %listen, advertise = %file.listen, dir = %dir.display(), "starting replica");
     let handle = Replica::start(config).await?;
-    if let Some(tokens) = BootstrapTokens::load(&dir)? {
+    let metrics = match metrics_listener.map(|l| MetricsServer::start(l, handle.metrics_source())).transpose() {
+        Ok(server) => server,
+        Err(e) => {
+            if let Err(stop) = handle.shutdown().await {
+                tracing::warn!(error = %stop, "stopping after the metrics server failed");
+            }
+            return Err(ServeError::Invalid(format!("--metrics-listen: {e}")));
+        }
+    };
+    if let Some(tokens) = tokens {
         tokio::spawn(seed_tokens(handle.client().clone(), tokens));
     }
     if let Some(join) = opts.join.clone() {
         tokio::spawn(join_cluster(Arc::clone(&creds), file.id, file.listen.clone(), join, handle.raft().clone()));
     }
-    let metrics = match opts.metrics_listen {
-        Some(addr) => match MetricsServer::start(addr, handle.metrics_source()).await {
-            Ok(server) => Some(server),
-            Err(e) => {
-                if let Err(stop) = handle.shutdown().await {
-                    tracing::warn!(error = %stop, "stopping after the metrics port failed");
-                }
-                return Err(ServeError::Invalid(format!("--metrics-listen {addr}: cannot listen: {e}")));
-            }
-        },
-        None => None,
-    };
     Ok(Started { replica: handle, metrics })
 }
 

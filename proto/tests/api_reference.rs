@@ -15,16 +15,8 @@ use prost_types::{DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, Fi
 const PACKAGE: &str = "kairos.fleet.v1";
 const UPDATE_COMMAND: &str = "UPDATE_API_REFERENCE=1 cargo test -p kairos-fleet-proto --test api_reference";
 
-// Field numbers of descriptor.proto, the steps of a SourceCodeInfo path.
-const FILE_MESSAGE_TYPE: i32 = 4;
-const FILE_ENUM_TYPE: i32 = 5;
-const FILE_SERVICE: i32 = 6;
-const MESSAGE_FIELD: i32 = 2;
-const MESSAGE_NESTED_TYPE: i32 = 3;
-const MESSAGE_ENUM_TYPE: i32 = 4;
-const MESSAGE_ONEOF_DECL: i32 = 8;
-const ENUM_VALUE: i32 = 2;
-const SERVICE_METHOD: i32 = 2;
+mod support;
+use support::*;
 
 /// The comments of one file, by descriptor path.
 struct Comments(BTreeMap<Vec<i32>, String>);
@@ -321,7 +313,7 @@ fn first_difference(a: &str, b: &str) -> usize {
 }
 
 #[test]
-fn the_reference_covers_every_rpc_message_and_enum_with_its_comment() {
+fn the_reference_has_every_service_rpc_message_field_and_enum() {
     let set = FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("embedded descriptor set decodes");
     let rendered = render(&set);
     let watch =
@@ -336,9 +328,17 @@ fn the_reference_covers_every_rpc_message_and_enum_with_its_comment() {
     for file in set.file.iter().filter(|f| f.package() == PACKAGE) {
         for service in &file.service {
             assert!(rendered.contains(&format!("### {}\n", service.name())), "{}", service.name());
+            for method in &service.method {
+                let row = format!("| `{}` | ", method.name());
+                assert!(rendered.contains(&row), "{}.{} has its row", service.name(), method.name());
+            }
         }
         for msg in &file.message_type {
             assert!(rendered.contains(&format!("### {}\n", msg.name())), "{}", msg.name());
+            for field in &msg.field {
+                let row = format!("| `{}` | {} | ", field.name(), field.number());
+                assert!(rendered.contains(&row), "{}.{} has its row", msg.name(), field.name());
+            }
         }
         for e in &file.enum_type {
             assert!(rendered.contains(&format!("### {}\n", e.name())), "{}", e.name());

@@ -10,16 +10,8 @@ use prost_types::{DescriptorProto, EnumDescriptorProto, FileDescriptorProto, Fil
 
 const FLEET_PACKAGE: &str = "kairos.fleet.v1";
 
-// Field numbers of descriptor.proto, used to build SourceCodeInfo paths.
-const FILE_MESSAGE_TYPE: i32 = 4;
-const FILE_ENUM_TYPE: i32 = 5;
-const FILE_SERVICE: i32 = 6;
-const MESSAGE_FIELD: i32 = 2;
-const MESSAGE_NESTED_TYPE: i32 = 3;
-const MESSAGE_ENUM_TYPE: i32 = 4;
-const MESSAGE_ONEOF_DECL: i32 = 8;
-const ENUM_VALUE: i32 = 2;
-const SERVICE_METHOD: i32 = 2;
+mod support;
+use support::*;
 
 fn decode(bytes: &[u8]) -> FileDescriptorSet {
     FileDescriptorSet::decode(bytes).expect("embedded descriptor set decodes")

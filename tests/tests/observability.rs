@@ -104,7 +104,10 @@ fn a_scrape_during_a_rollout_shows_its_progress_and_the_fleet() {
     let mut watch_seen = false;
     let end = loop {
         assert!(started.elapsed() < Duration::from_secs(120), "no completed rollout in the metrics: {healthy_seen:?}");
-        let Some(s) = scrape(&metrics) else { continue };
+        let Some(s) = scrape(&metrics) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
         watch_seen |= s.get("kairos_fleet_watch_streams{kind=\"rollouts\"}").is_some_and(|v| *v >= 1.0);
         if !s.contains_key(&format!("kairos_fleet_rollout_phase{{rollout=\"{id}\",phase=\"running\"}}"))
             && !s.contains_key(&format!("kairos_fleet_rollout_phase{{rollout=\"{id}\",phase=\"completed\"}}"))
@@ -121,6 +124,10 @@ fn a_scrape_during_a_rollout_shows_its_progress_and_the_fleet() {
         std::thread::sleep(Duration::from_millis(200));
     };
     drop(watch);
+    wait_for("the ended watch to leave the count", Duration::from_secs(30), || {
+        let s = scrape(&metrics)?;
+        (s.get("kairos_fleet_watch_streams{kind=\"rollouts\"}") == Some(&0.0)).then_some(())
+    });
     assert!(
         healthy_seen.iter().any(|h| *h > 0.0 && *h < NODES as f64),
         "a scrape saw the rollout part-way: {healthy_seen:?}"
@@ -144,4 +151,8 @@ fn a_scrape_during_a_rollout_shows_its_progress_and_the_fleet() {
         (on_target == NODES as f64).then_some(())
     });
     drop(sim);
+    wait_for("the stopped nodes' streams to leave the count", Duration::from_secs(30), || {
+        let s = scrape(&metrics)?;
+        (s.get("kairos_fleet_node_streams") == Some(&0.0)).then_some(())
+    });
 }

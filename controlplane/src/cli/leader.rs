@@ -47,16 +47,20 @@ impl LeaderHint {
 
     /// Reads `leader is <id> at <host:port>`, or the server's own
     /// `leader: replica <id> at <host:port>` (case-insensitive, `at ...`
-    /// optional), out of a status message; the first mention that names
-    /// a leader wins.
+    /// optional), out of a status message. The last mention that names a
+    /// leader wins: the server appends its own view after any text it
+    /// passes on (a forwarded replica's message may name an older leader).
     pub fn parse_message(message: &str) -> Option<LeaderHint> {
-        const MARKS: [&str; 2] = ["leader is ", "leader: "];
+        // (mark, whether `replica ` must follow it)
+        const MARKS: [(&str, bool); 2] = [("leader is ", false), ("leader: ", true)];
         // ASCII lowercasing keeps byte offsets, so indices carry over.
         let lower = message.to_ascii_lowercase();
-        let mut starts: Vec<usize> =
-            MARKS.iter().flat_map(|mark| lower.match_indices(mark).map(move |(at, _)| at + mark.len())).collect();
+        let mut starts: Vec<(usize, bool)> = MARKS
+            .iter()
+            .flat_map(|&(mark, replica)| lower.match_indices(mark).map(move |(at, _)| (at + mark.len(), replica)))
+            .collect();
         starts.sort_unstable();
-        starts.into_iter().find_map(|start| parse_after_mark(&message[start..]))
+        starts.into_iter().rev().find_map(|(start, replica)| parse_after_mark(&message[start..], replica))
     }
 
     /// `https://<address>`, the URL to retry on.
@@ -65,9 +69,15 @@ impl LeaderHint {
     }
 }
 
-/// The hint in `rest`, the text after a `leader is ` / `leader: ` mark.
-fn parse_after_mark(rest: &str) -> Option<LeaderHint> {
-    let rest = rest.strip_prefix("replica ").unwrap_or(rest);
+/// The hint in `rest`, the text after a `leader is ` / `leader: ` mark;
+/// after `leader: ` only `replica <id>` names one (`leader: 10.0.0.2:7001`
+/// must not read as replica 10).
+fn parse_after_mark(rest: &str, needs_replica: bool) -> Option<LeaderHint> {
+    let rest = match rest.strip_prefix("replica ") {
+        Some(rest) => rest,
+        None if needs_replica => return None,
+        None => rest,
+    };
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     let id = rest[..digits].parse::<u64>().ok().filter(|id| *id > 0);
     let address = rest[digits..]

@@ -243,16 +243,24 @@ impl Replica {
         let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let streams = Arc::new(StreamGauges::default());
         let (health, health_service) = tonic_health::server::health_reporter();
-        // Server reflection of the public API only (the raft service stays unlisted).
+        // Server reflection of the public API only (the raft service stays
+        // unlisted), in both protocol versions tools speak.
+        let reflection_error =
+            |e: tonic_reflection::server::Error| ReplicaError::Config { field: "reflection", rule: e.to_string() };
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(kairos_fleet_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| ReplicaError::Config { field: "reflection", rule: e.to_string() })?;
+            .map_err(reflection_error)?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kairos_fleet_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(reflection_error)?;
         // Until raft runs, probes must not send traffic here.
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
         let router = builder
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(RaftRpcService::new(config.id, raft.clone()).into_server())
             .add_service(ClusterApi::new(client.clone()).into_server())
             .add_service(ReleaseApi::new(client.clone()).with_registry(config.registry.clone()).into_server())

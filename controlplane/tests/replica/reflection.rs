@@ -10,7 +10,10 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-use crate::common::{channel, tuning, Pki, Slot};
+use kairos_controlplane::sessions::SessionSettings;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use crate::common::{tuning, Pki, Slot};
 
 async fn ask(
     client: &mut ServerReflectionClient<tonic::transport::Channel>,
@@ -27,8 +30,17 @@ async fn reflection_lists_and_describes_the_public_services_only() {
     let pki = Arc::new(Pki::new());
     let root = tempfile::tempdir().expect("tempdir");
     let node = Slot::new(1, root.path());
-    let handle = node.start(&pki, true, tuning()).await;
-    let mut client = ServerReflectionClient::new(channel(&pki, &node.addr()));
+    // As in production: client certificates optional, so tools that only
+    // trust the CA (grpcurl -cacert ca.pem) get in.
+    let mut config = node.config(&pki, true, tuning(), SessionSettings::default());
+    config.server_tls = pki.server_tls(1).client_auth_optional(true);
+    let handle = node.start_config(config).await;
+    let anonymous = Endpoint::from_shared(format!("https://{}", node.addr()))
+        .expect("endpoint")
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pki.ca_pem())).domain_name("127.0.0.1"))
+        .expect("tls")
+        .connect_lazy();
+    let mut client = ServerReflectionClient::new(anonymous);
 
     let MessageResponse::ListServicesResponse(list) =
         ask(&mut client, MessageRequest::ListServices(String::new())).await.expect("list")

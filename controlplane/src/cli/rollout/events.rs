@@ -126,16 +126,38 @@ fn emit(out: &mut dyn Write, text: &str) -> Result<bool, CliError> {
 }
 
 /// Plain lines (table format), JSON lines or YAML documents on `out`;
-/// notes go to stderr so scripted output stays clean.
+/// notes go to stderr so scripted output stays clean. In plain lines a
+/// `wave-progress` event that changes none of the counts shown (a node
+/// moved between steps of its upgrade) is left out.
 pub struct Lines<'a> {
     out: &'a mut dyn Write,
     format: Format,
+    last_progress: Option<String>,
 }
 
 impl<'a> Lines<'a> {
     /// Lines in `format` on `out`.
     pub fn new(out: &'a mut dyn Write, format: Format) -> Lines<'a> {
-        Lines { out, format }
+        Lines { out, format, last_progress: None }
+    }
+
+    /// True for a plain `wave-progress` line that would repeat the last
+    /// rollout line but for its time.
+    fn repeats(&mut self, event: &EventView, text: &str) -> bool {
+        if self.format != Format::Table || event.node.is_some() {
+            return false;
+        }
+        if event.rollout.is_none() {
+            return false;
+        }
+        // `<time> <kind> <phase, wave and counts>`: compare the last part.
+        let first = text.lines().next().unwrap_or_default();
+        let shown = first.splitn(3, ' ').nth(2).unwrap_or_default().to_string();
+        let repeat = event.kind == "wave-progress"
+            && event.messages.is_empty()
+            && self.last_progress.as_deref() == Some(shown.as_str());
+        self.last_progress = Some(shown);
+        repeat
     }
 }
 
@@ -158,7 +180,7 @@ pub fn serialized(event: &EventView, format: Format) -> Result<String, CliError>
 impl Presenter for Lines<'_> {
     fn show(&mut self, event: &EventView) -> Result<bool, CliError> {
         let text = serialized(event, self.format)?;
-        if text.is_empty() {
+        if text.is_empty() || self.repeats(event, &text) {
             return Ok(true);
         }
         emit(self.out, &text)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kairos_fleet_proto::fleet::v1 as pb;
 use tonic::{Code, Status};
 
-use super::events::{serialized, EventView, Lines};
+use super::events::{serialized, EventView, Lines, Presenter};
 use super::tests::{at, rollout, rpc};
 use super::watch::{follow, follow_and_finish, EventSource, EventStream, Follow, Follower, Outcome, Reconnect, Step};
 use crate::cli::output::Format;
@@ -105,6 +105,30 @@ fn a_progress_event_is_one_timestamped_line_plus_its_messages() {
         EventView::from(node).lines(),
         "2023-11-14T22:18:20Z node-changed node abc wave 0: failed (fallback-boot), attempt 2: booted COS_PASSIVE\n"
     );
+}
+
+#[test]
+fn plain_lines_leave_out_progress_that_changes_no_count_but_json_keeps_every_event() {
+    let progress = || EventView::from(event(pb::RolloutEventKind::WaveProgress, 7, pb::RolloutPhase::Running, &[]));
+    let mut changed = progress();
+    if let Some(r) = changed.rollout.as_mut() {
+        r.totals.healthy += 1;
+    }
+    let events = [progress(), progress(), changed, progress()];
+    let mut out = Vec::new();
+    let mut lines = Lines::new(&mut out, Format::Table);
+    for e in &events {
+        assert!(lines.show(e).expect("show"));
+    }
+    let text = String::from_utf8(out).expect("utf-8");
+    assert_eq!(text.lines().count(), 3, "the second event repeats the first: {text}");
+
+    let mut out = Vec::new();
+    let mut json = Lines::new(&mut out, Format::Json);
+    for e in &events {
+        assert!(json.show(e).expect("show"));
+    }
+    assert_eq!(String::from_utf8(out).expect("utf-8").lines().count(), 4, "scripts get every event");
 }
 
 #[test]
