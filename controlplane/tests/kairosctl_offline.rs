@@ -4,14 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod kairosctl_support;
+use kairosctl_support::Run;
+
 const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 const SECRET: &str = "kft_0123abcd_0123456789abcdef0123456789abcdef";
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
 
 /// A temp dir holding ca.pem and admin.token; kairosctl runs in it with
 /// `--config <dir>/kairos/config.toml`, isolated from the user's files.
@@ -42,13 +39,7 @@ impl Dir {
             .env("HOME", self.dir.path())
             .output()
             .expect("kairosctl runs");
-        let run = Run {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
-        eprintln!("kairosctl {args:?} -> {:?}\nstdout:\n{}stderr:\n{}", run.code, run.stdout, run.stderr);
-        run
+        Run::of(args, &output)
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {

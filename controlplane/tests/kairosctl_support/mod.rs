@@ -60,6 +60,19 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl Run {
+    /// The result of `kairosctl args`, also printed for the test's log.
+    pub fn of(args: &[&str], output: &std::process::Output) -> Run {
+        let run = Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        eprintln!("kairosctl {args:?} -> {:?}\nstdout:\n{}stderr:\n{}", run.code, run.stdout, run.stderr);
+        run
+    }
+}
+
 /// Runs kairosctl with `args` after `--config config`, isolated from the
 /// user's environment.
 pub async fn kairosctl(config: &Path, args: &[&str]) -> Run {
@@ -73,13 +86,7 @@ pub async fn kairosctl(config: &Path, args: &[&str]) -> Run {
         .kill_on_drop(true);
     let output =
         tokio::time::timeout(STEP, command.output()).await.expect("kairosctl finishes").expect("kairosctl runs");
-    let run = Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!("kairosctl {args:?} -> {:?}\nstdout:\n{}stderr:\n{}", run.code, run.stdout, run.stderr);
-    run
+    Run::of(args, &output)
 }
 
 /// A loopback port nothing listens on.
