@@ -421,7 +421,8 @@ impl Fleet {
                 timeline.note(format!("replica-{leader} (leader) disconnected"));
                 let new = self.wait_new_leader(leader);
                 timeline.note(format!("replica-{new} elected"));
-                self.wait_progress(sim_rollout, healthy);
+                let now = self.wait_progress(sim_rollout, healthy);
+                timeline.note(format!("{now} nodes healthy"));
                 hold(since);
                 self.heal(leader);
                 timeline.note(format!("replica-{leader} reconnected"));
@@ -433,7 +434,8 @@ impl Fleet {
                 self.partition(follower);
                 let since = Instant::now();
                 timeline.note(format!("replica-{follower} (follower) disconnected"));
-                self.wait_progress(sim_rollout, healthy);
+                let now = self.wait_progress(sim_rollout, healthy);
+                timeline.note(format!("{now} nodes healthy"));
                 hold(since);
                 self.heal(follower);
                 timeline.note(format!("replica-{follower} reconnected"));
@@ -454,7 +456,8 @@ impl Fleet {
                 self.kill9(follower);
                 let since = Instant::now();
                 timeline.note(format!("replica-{follower} (follower) SIGKILLed"));
-                self.wait_progress(sim_rollout, healthy);
+                let now = self.wait_progress(sim_rollout, healthy);
+                timeline.note(format!("{now} nodes healthy"));
                 hold(since);
                 self.restart(follower);
                 timeline.note(format!("replica-{follower} restarted"));
