@@ -935,3 +935,48 @@ fn rollouts_complete_through_partitions_replica_kills_and_cut_off_nodes_without_
     let left = fleet.docker.leftovers();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn the_docker_harness_partitions_kills_restarts_and_removes_everything_of_its_run_when_dropped() {
+    let docker = Docker::new("guard");
+    let prefix = docker.prefix().to_string();
+    let context = tempfile::tempdir().expect("temp dir");
+    std::fs::copy("/bin/busybox", context.path().join("busybox"))
+        .expect("/bin/busybox (Debian's busybox-static) to copy into the test image");
+    // FROM scratch pulls nothing.
+    std::fs::write(context.path().join("Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").expect("Dockerfile");
+    let image = format!("kairos-fleet-test/busybox:{prefix}");
+    docker.build_image(&image, context.path());
+    let network = docker.create_network("net");
+    let sleeper = ContainerSpec::new("sleeper", &image)
+        .network(&network, &["sleeper"])
+        .entrypoint("/bin/busybox")
+        .args(&["sleep", "600"]);
+    let sleeper = docker.run(&sleeper);
+    let pinger =
+        ContainerSpec::new("pinger", &image).network(&network, &[]).entrypoint("/bin/busybox").args(&["sleep", "600"]);
+    let pinger = docker.run(&pinger);
+    assert!(docker.is_running(&sleeper));
+    let resolves = || docker.exec(&pinger, &["/bin/busybox", "nslookup", "sleeper", "127.0.0.11"]).status.success();
+    assert!(resolves(), "the alias resolves on the network");
+    docker.disconnect(&network, &sleeper);
+    assert!(!resolves(), "a disconnected container's alias no longer resolves");
+    docker.connect(&network, &sleeper, &["sleeper"]);
+    assert!(resolves(), "the alias resolves again after the reconnect");
+    docker.kill9(&sleeper);
+    assert!(!docker.is_running(&sleeper));
+    docker.start(&sleeper);
+    assert!(docker.is_running(&sleeper));
+    let echo = docker.exec(&sleeper, &["/bin/busybox", "echo", "still here"]);
+    assert_eq!(String::from_utf8_lossy(&echo.stdout).trim(), "still here");
+
+    drop(docker);
+    let label = format!("label=kairos-fleet.test={prefix}");
+    let listed = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().expect("docker");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(listed(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"]), "", "containers left");
+    assert_eq!(listed(&["network", "ls", "--filter", &label, "--format", "{{.Name}}"]), "", "networks left");
+    assert_eq!(listed(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", &image]), "", "image left");
+}
