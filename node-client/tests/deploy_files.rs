@@ -153,3 +153,62 @@ fn enroll_and_simulate_command_lines_parse() {
     ]);
     assert!(err.is_err(), "there is no way to skip server verification");
 }
+
+/// The files and commands of deploy/cloud-config/node-client.yaml.
+fn cloud_config() -> (PathBuf, serde_yaml_ng::Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cloud-config/node-client.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.starts_with("#cloud-config\n"), "{}: Kairos reads it only with this first line", path.display());
+    let doc = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (path, doc)
+}
+
+/// Every step of every stage.
+fn cloud_config_steps(doc: &serde_yaml_ng::Value) -> Vec<&serde_yaml_ng::Value> {
+    let stages = doc["stages"].as_mapping().expect("stages");
+    stages.values().flat_map(|steps| steps.as_sequence().expect("a list of steps")).collect()
+}
+
+#[test]
+fn cloud_config_writes_a_valid_config_and_the_deploy_unit_and_enrolls_with_a_command_the_binary_accepts() {
+    let (path, doc) = cloud_config();
+    let source = path.display().to_string();
+    let steps = cloud_config_steps(&doc);
+    let file = |target: &str| {
+        steps
+            .iter()
+            .filter_map(|s| s["files"].as_sequence())
+            .flatten()
+            .find(|f| f["path"].as_str() == Some(target))
+            .and_then(|f| f["content"].as_str())
+            .unwrap_or_else(|| panic!("{source}: writes no {target}"))
+            .to_string()
+    };
+    let config = ClientConfig::parse(&file(DEFAULT_CONFIG_PATH)).unwrap_or_else(|e| panic!("{source}: {e}"));
+    assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    for (target, deployed) in [
+        ("/etc/systemd/system/kairos-node-client.service", "kairos-node-client.service"),
+        ("/etc/init.d/kairos-node-client", "kairos-node-client.openrc"),
+    ] {
+        assert_eq!(file(target), deploy(deployed).1, "{source}: {target} is deploy/node-client/{deployed}");
+    }
+    let binds = doc["install"]["bind_mounts"].as_sequence().expect("install.bind_mounts");
+    assert!(binds.iter().any(|b| b.as_str() == Some(DEFAULT_STATE_DIR)), "{source}: the state dir persists");
+
+    let enroll = steps
+        .iter()
+        .filter_map(|s| s["commands"].as_sequence())
+        .flatten()
+        .filter_map(|c| c.as_str())
+        .find(|c| c.contains(" enroll"))
+        .unwrap_or_else(|| panic!("{source}: no enroll command"));
+    let mut argv: Vec<&str> = enroll.split_whitespace().collect();
+    argv.extend(["--token", "kfe_from_the_environment"]);
+    match Cli::try_parse_from(&argv).map(|c| c.command) {
+        Ok(Command::Enroll(e)) => {
+            assert_eq!(e.state_dir, PathBuf::from(DEFAULT_STATE_DIR), "{source}");
+            assert_eq!(e.ca_file, Some(PathBuf::from("/etc/kairos-fleet/ca.pem")), "{source}");
+        }
+        other => panic!("{source}: {argv:?} is not an enroll command line: {other:?}"),
+    }
+}

@@ -65,18 +65,16 @@ impl LocalRegistry {
             .spawn()
             .expect("start docker-registry");
         let mut registry = LocalRegistry { child, addr, dir };
-        let url = format!("http://{}/v2/", registry.addr);
         for _ in 0..200 {
             if let Ok(Some(status)) = registry.child.try_wait() {
                 panic!("docker-registry exited with {status}: {}", registry.log());
             }
-            // 401 counts: a registry with auth answers the probe that way.
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success() || r.status().as_u16() == 401) {
+            if registry_answers(&registry.addr).await {
                 return registry;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("docker-registry did not answer {url} within 10 s: {}", registry.log());
+        panic!("docker-registry did not answer http://{}/v2/ within 10 s: {}", registry.addr, registry.log());
     }
 
     /// Starts a registry without authentication.
@@ -109,26 +107,43 @@ impl LocalRegistry {
     /// under every tag of `tags` (the first must exist); returns its
     /// manifest digest as the registry reported it.
     pub async fn push(&self, repository: &str, tags: &[&str], layers: Vec<Vec<u8>>, arch: &str) -> String {
-        let client =
-            oci_client::Client::try_from(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
-                .expect("oci client");
-        let layers: Vec<ImageLayer> = layers.into_iter().map(|l| ImageLayer::oci_v1(l, None)).collect();
-        let config = Config::oci_v1(format!(r#"{{"architecture":"{arch}","os":"linux"}}"#).into_bytes(), None);
-        let manifest = OciImageManifest::build(&layers, &config, None);
-        let reference = |tag: &str| Reference::with_tag(self.addr.clone(), repository.to_string(), tag.into());
-        let (first, rest) = tags.split_first().expect("at least one tag");
-        let pushed = client
-            .push(&reference(first), &layers, config, &RegistryAuth::Anonymous, Some(manifest.clone()))
-            .await
-            .expect("push");
-        for tag in rest {
-            client.push_manifest(&reference(tag), &OciManifest::Image(manifest.clone())).await.expect("tag");
-        }
-        // The registry answers with the manifest's location, ending in its digest.
-        let digest = pushed.manifest_url.rsplit('/').next().expect("a location").to_owned();
-        assert!(digest.starts_with("sha256:"), "{}", pushed.manifest_url);
-        digest
+        push_image(&self.addr, repository, tags, layers, arch).await
     }
+}
+
+/// Whether the registry at `addr` (`host:port`, plain HTTP) answers its
+/// API root; 401 counts, as a registry with auth answers the probe that way.
+pub async fn registry_answers(addr: &str) -> bool {
+    // reqwest needs the process's crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = format!("http://{addr}/v2/");
+    reqwest::get(&url).await.is_ok_and(|r| r.status().is_success() || r.status().as_u16() == 401)
+}
+
+/// Pushes one image for `linux/<arch>` made of `layers` to `repository` of
+/// the plain-HTTP registry at `addr` (`host:port`, e.g. a registry
+/// container's published port) under every tag of `tags` (the first must
+/// exist); returns its manifest digest as the registry reported it.
+pub async fn push_image(addr: &str, repository: &str, tags: &[&str], layers: Vec<Vec<u8>>, arch: &str) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = oci_client::Client::try_from(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
+        .expect("oci client");
+    let layers: Vec<ImageLayer> = layers.into_iter().map(|l| ImageLayer::oci_v1(l, None)).collect();
+    let config = Config::oci_v1(format!(r#"{{"architecture":"{arch}","os":"linux"}}"#).into_bytes(), None);
+    let manifest = OciImageManifest::build(&layers, &config, None);
+    let reference = |tag: &str| Reference::with_tag(addr.to_string(), repository.to_string(), tag.into());
+    let (first, rest) = tags.split_first().expect("at least one tag");
+    let pushed = client
+        .push(&reference(first), &layers, config, &RegistryAuth::Anonymous, Some(manifest.clone()))
+        .await
+        .expect("push");
+    for tag in rest {
+        client.push_manifest(&reference(tag), &OciManifest::Image(manifest.clone())).await.expect("tag");
+    }
+    // The registry answers with the manifest's location, ending in its digest.
+    let digest = pushed.manifest_url.rsplit('/').next().expect("a location").to_owned();
+    assert!(digest.starts_with("sha256:"), "{}", pushed.manifest_url);
+    digest
 }
 
 impl Drop for LocalRegistry {

@@ -283,6 +283,28 @@ mod tests {
     }
 }
 
+/// Checks invariant 1 as the control plane recorded it: `intervals` are
+/// each node's `[commanded_at, finished_at)` of one rollout (Unix ms, from
+/// `rollout status --nodes`). Under failover this is the authoritative
+/// count: an acknowledgement lost with a dead or partitioned replica is
+/// repeated after the reconnect, so a node can look in flight to itself
+/// after the control plane has counted its result.
+pub fn check_recorded(intervals: &[(u64, u64)], max_unavailable: usize) -> Verdict {
+    let most = max_overlap(intervals);
+    let mut verdict = Verdict { operations: intervals.len(), max_in_flight: most, violations: Vec::new() };
+    if most > max_unavailable {
+        verdict.violations.push(format!(
+            "the control plane recorded {most} nodes in flight at once, more than max_unavailable {max_unavailable}"
+        ));
+    }
+    for (start, end) in intervals {
+        if end < start {
+            verdict.violations.push(format!("a node finished at {end} ms, before it was commanded at {start} ms"));
+        }
+    }
+    verdict
+}
+
 /// Most intervals `[start, end)` open at once.
 pub fn max_overlap(intervals: &[(u64, u64)]) -> usize {
     let mut edges: Vec<(u64, i32)> = intervals.iter().flat_map(|(s, e)| [(*s, 1), (*e, -1)]).collect();
@@ -305,5 +327,16 @@ mod overlap_tests {
         assert_eq!(max_overlap(&[(0, 10), (5, 15), (10, 20)]), 2);
         assert_eq!(max_overlap(&[(0, 10), (10, 20)]), 1);
         assert_eq!(max_overlap(&[]), 0);
+    }
+
+    #[test]
+    fn recorded_in_flight_beyond_max_unavailable_is_a_violation() {
+        use super::check_recorded;
+        let ok = check_recorded(&[(0, 10), (10, 20), (5, 12)], 2);
+        assert_eq!((ok.max_in_flight, ok.violations.len()), (2, 0));
+        let over = check_recorded(&[(0, 10), (1, 11), (2, 12)], 2);
+        assert!(over.violations.iter().any(|v| v.contains("3 nodes in flight")), "{:?}", over.violations);
+        let backwards = check_recorded(&[(10, 5)], 1);
+        assert_eq!(backwards.violations.len(), 1, "{:?}", backwards.violations);
     }
 }

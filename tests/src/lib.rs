@@ -4,6 +4,7 @@
 //! against them.
 #![deny(missing_docs)]
 
+pub mod docker;
 pub mod history;
 pub mod sim;
 

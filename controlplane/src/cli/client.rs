@@ -21,6 +21,12 @@ use super::settings::{bearer_header, ConnectionSettings};
 use crate::cli_config::Context;
 use crate::security::{client_tls_for_operator, install_crypto_provider};
 
+/// How often an idle or streaming connection is pinged (HTTP/2 PING).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(3);
+/// A ping unanswered this long closes the connection: a partitioned replica
+/// is given up in at most the interval plus this.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A channel that adds the bearer token and deadline to every call; what
 /// the generated clients are built on (`ClusterServiceClient::new(channel)`).
 pub type AuthChannel = InterceptedService<Channel, BearerAuth>;
@@ -256,7 +262,13 @@ impl Connection {
             .map_err(|e| bad(&format!("TLS: {}", error_chain(&e))))?
             .connect_timeout(self.connect_timeout)
             // A backstop behind the per-call timeout in `attempt`.
-            .timeout(self.request_timeout + Duration::from_secs(1)))
+            .timeout(self.request_timeout + Duration::from_secs(1))
+            // A replica cut off by a partition never resets the connection:
+            // without pings a stream (`rollout watch`) would wait on it
+            // forever instead of breaking and resuming on another replica.
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true))
     }
 
     /// Endpoints in the order to try: the one that last answered first.
