@@ -134,7 +134,10 @@ fn compose_deployment_forms_a_cluster_enrolls_every_node_and_completes_a_rollout
     assert!(built.status.success(), "build-images failed ({}):\n{built_text}", built.status);
     for image in ["controlplane", "node-client", "registry"] {
         let name = format!("kairos-fleet/{image}:{}", deployment.tag);
-        assert!(built_text.lines().any(|l| l.starts_with(&name) && l.ends_with("MiB")), "{name} not listed:\n{built_text}");
+        assert!(
+            built_text.lines().any(|l| l.starts_with(&name) && l.ends_with("MiB")),
+            "{name} not listed:\n{built_text}"
+        );
     }
 
     let up = deployment.run("deploy/compose/up", &[]);
