@@ -124,7 +124,7 @@ fn docker_is_available() {
 }
 
 #[test]
-fn compose_deployment_forms_a_cluster_enrolls_every_node_and_completes_a_rollout() {
+fn compose_deployment_forms_a_cluster_enrolls_every_node_completes_a_rollout_and_leaves_nothing() {
     docker_is_available();
     let deployment = Deployment::new();
     let (_, profile) = target_and_profile();
