@@ -179,13 +179,14 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
         sessions: SessionSettings::with_heartbeat(Duration::from_secs(2)),
         registry_plain_http: Vec::new(),
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        health_listen: None,
     };
-    let serve::Started { replica, metrics } = serve::start(&serve_opts).await?;
+    let started = serve::start(&serve_opts).await?;
     show.note(&format!(
         "replica 1 serves https://127.0.0.1:{port}; its sled store, CA and admin token are in {}",
         opts.data_dir.display()
     ));
-    if let Some(m) = &metrics {
+    if let Some(m) = &started.metrics {
         show.note(&format!("Prometheus metrics: http://{}/metrics", m.local_addr()));
     }
 
@@ -205,8 +206,7 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoOutcome,
             tracing::warn!(%e, "stopping the simulated fleet");
         }
     }
-    drop(metrics);
-    if let Err(e) = replica.shutdown().await {
+    if let Err(e) = started.shutdown().await {
         tracing::warn!(%e, "stopping the replica");
     }
     result

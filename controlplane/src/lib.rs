@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cli_config;
 pub mod demo;
 pub mod engine;
+pub mod health_port;
 pub mod metrics;
 pub mod nodes;
 pub mod raft;

@@ -11,6 +11,9 @@ use kairos_fleet_proto::fleet::v1::cluster_service_client::ClusterServiceClient;
 use kairos_fleet_proto::fleet::v1::AddReplicaRequest;
 
 use crate::api::release::RegistrySettings;
+use tokio::task::JoinHandle;
+
+use crate::health_port::HealthPort;
 use crate::metrics::MetricsServer;
 use crate::raft::host_of;
 use crate::replica::{self, RaftTuning, Replica, ReplicaConfig, ReplicaError, ReplicaHandle};
@@ -61,6 +64,8 @@ pub struct ServeOptions {
     pub registry_plain_http: Vec<String>,
     /// Serve Prometheus metrics over plain HTTP here (`/metrics`).
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve `grpc.health.v1` in plain text here, for probes without TLS.
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// A started replica and, when asked for, its metrics server.
@@ -69,6 +74,29 @@ pub struct Started {
     pub replica: ReplicaHandle,
     /// The `/metrics` server; it stops when dropped.
     pub metrics: Option<MetricsServer>,
+    /// The plain-text health port; it stops when dropped.
+    pub health: Option<HealthPort>,
+    /// Seeding the bootstrap tokens and joining the cluster; they hold the
+    /// replica's client until done.
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Started {
+    /// Stops the background tasks and the side ports, then the replica
+    /// (see [`ReplicaHandle::shutdown`]).
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let Started { replica, metrics, health, background } = self;
+        for task in &background {
+            task.abort();
+        }
+        // An aborted task drops its client only once it has ended.
+        for task in background {
+            let _ = task.await;
+        }
+        drop((metrics, health));
+        replica.shutdown().await?;
+        Ok(())
+    }
 }
 
 /// Finds the replica folder `opts` points at; initialises a single-replica
@@ -136,10 +164,10 @@ fn resolve_listen(advertise: &str) -> Result<SocketAddr, ServeError> {
 
 /// Runs a replica until SIGTERM or SIGINT.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
-    let Started { replica, metrics } = start(&opts).await?;
-    replica::run_until_signal(replica).await?;
-    drop(metrics);
-    Ok(())
+    let started = start(&opts).await?;
+    let signal = replica::wait_for_signal().await;
+    started.shutdown().await?;
+    Ok(signal?)
 }
 
 /// Starts the replica `opts` describe (initialising the embedded default
@@ -179,25 +207,46 @@ pub async fn start(opts: &ServeOptions) -> Result<Started, ServeError> {
         ),
         None => None,
     };
+    let health_listener = match opts.health_listen {
+        Some(addr) => Some(
+            HealthPort::bind(addr)
+                .await
+                .map_err(|e| ServeError::Invalid(format!("--health-listen {addr}: cannot listen: {e}")))?,
+        ),
+        None => None,
+    };
     let tokens = BootstrapTokens::load(&dir)?;
     tracing::info!(id = file.id, %listen, advertise = %file.listen, dir = %dir.display(), "starting replica");
     let handle = Replica::start(config).await?;
-    let metrics = match metrics_listener.map(|l| MetricsServer::start(l, handle.metrics_source())).transpose() {
-        Ok(server) => server,
+    let servers = metrics_listener
+        .map(|l| MetricsServer::start(l, handle.metrics_source()))
+        .transpose()
+        .map_err(|e| format!("--metrics-listen: {e}"))
+        .and_then(|metrics| {
+            let health = health_listener
+                .map(|l| HealthPort::start(l, handle.health_reporter()))
+                .transpose()
+                .map_err(|e| format!("--health-listen: {e}"))?;
+            Ok((metrics, health))
+        });
+    let (metrics, health) = match servers {
+        Ok(servers) => servers,
         Err(e) => {
             if let Err(stop) = handle.shutdown().await {
-                tracing::warn!(error = %stop, "stopping after the metrics server failed");
+                tracing::warn!(error = %stop, "stopping after a side port failed");
             }
-            return Err(ServeError::Invalid(format!("--metrics-listen: {e}")));
+            return Err(ServeError::Invalid(e));
         }
     };
+    let mut background = Vec::new();
     if let Some(tokens) = tokens {
-        tokio::spawn(seed_tokens(handle.client().clone(), tokens));
+        background.push(tokio::spawn(seed_tokens(handle.client().clone(), tokens)));
     }
     if let Some(join) = opts.join.clone() {
-        tokio::spawn(join_cluster(Arc::clone(&creds), file.id, file.listen.clone(), join, handle.raft().clone()));
+        let raft = handle.raft().clone();
+        background.push(tokio::spawn(join_cluster(Arc::clone(&creds), file.id, file.listen.clone(), join, raft)));
     }
-    Ok(Started { replica: handle, metrics })
+    Ok(Started { replica: handle, metrics, health, background })
 }
 
 /// Writes the bootstrap tokens into the replicated state once this replica

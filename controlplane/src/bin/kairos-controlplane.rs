@@ -84,6 +84,10 @@ enum Command {
         /// Serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics.
         #[arg(long, value_name = "HOST:PORT")]
         metrics_listen: Option<SocketAddr>,
+        /// Serve grpc.health.v1 in plain text at HOST:PORT, for probes that
+        /// cannot speak TLS (the Kubernetes gRPC probe).
+        #[arg(long, value_name = "HOST:PORT")]
+        health_listen: Option<SocketAddr>,
     },
     /// Create a new cluster's CA, replica certificates and configs, and the first admin token.
     Init {
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
             node_heartbeat_ms,
             registry_plain_http,
             metrics_listen,
+            health_listen,
         } => {
             let raft = RaftTuning {
                 heartbeat_ms,
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
                 sessions,
                 registry_plain_http,
                 metrics_listen,
+                health_listen,
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

@@ -363,6 +363,12 @@ impl ReplicaHandle {
         &self.sessions
     }
 
+    /// The statuses of this replica's `grpc.health.v1` service, for a
+    /// second port serving them (see [`crate::health_port`]).
+    pub fn health_reporter(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
     /// What `/metrics` reads: this replica's raft, state, sessions and streams.
     pub fn metrics_source(&self) -> MetricsSource {
         MetricsSource::new(self.client.clone(), self.sessions.clone(), Arc::clone(&self.streams))
@@ -431,22 +437,15 @@ async fn wait_store_released(data_dir: &std::path::Path) -> Result<(), ReplicaEr
     }
 }
 
-/// Runs until SIGTERM or SIGINT, then shuts the replica down; what a
-/// `serve` binary calls after [`Replica::start`].
-pub async fn run_until_signal(handle: ReplicaHandle) -> Result<(), ReplicaError> {
+/// Waits for SIGTERM or SIGINT; an error when the handlers cannot be
+/// installed (then nothing could stop the caller cleanly later: stop now).
+pub async fn wait_for_signal() -> Result<(), ReplicaError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let handlers = signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
-    let (mut term, mut int) = match handlers {
-        Ok(pair) => pair,
-        Err(e) => {
-            // Without handlers nothing could stop us cleanly later: stop now.
-            handle.shutdown().await?;
-            return Err(ReplicaError::Signal(e));
-        }
-    };
+    let mut term = signal(SignalKind::terminate()).map_err(ReplicaError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ReplicaError::Signal)?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    handle.shutdown().await
+    Ok(())
 }
