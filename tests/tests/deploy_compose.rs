@@ -4,6 +4,10 @@
 //! (with the images) runs at the end whatever happened. Needs a running
 //! Docker engine and docker-compose: without them the test fails, it never
 //! skips (CI must run it).
+//!
+//! build-images runs with `--skip-build`: the images hold the binaries this
+//! suite built and tests, and no cargo runs inside the suite (a build there
+//! could relink binaries that other tests are running).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,8 +28,8 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate sits in the workspace").to_path_buf()
 }
 
-/// The target dir and cargo profile this test was built with, so
-/// build-images reuses the binaries the suite already built.
+/// The target dir and cargo profile this test was built with, where
+/// build-images finds the binaries the suite built.
 fn target_and_profile() -> (PathBuf, &'static str) {
     let profile_dir = binary("kairos-controlplane").parent().expect("a profile dir").to_path_buf();
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
@@ -63,7 +67,6 @@ impl Deployment {
             .env("KAIROS_TAG", &self.tag)
             .env("KAIROS_NODES", NODES.to_string())
             .env("CARGO_TARGET_DIR", target_dir)
-            .env("CARGO_BUILD_JOBS", std::env::var("CARGO_BUILD_JOBS").unwrap_or_else(|_| "1".into()))
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("running {program}: {e}"))
@@ -129,7 +132,8 @@ fn compose_deployment_forms_a_cluster_enrolls_every_node_completes_a_rollout_and
     let deployment = Deployment::new();
     let (_, profile) = target_and_profile();
 
-    let built = deployment.run("scripts/build-images", &["--profile", profile, "--tag", &deployment.tag]);
+    let built =
+        deployment.run("scripts/build-images", &["--profile", profile, "--tag", &deployment.tag, "--skip-build"]);
     let built_text = text(&built);
     assert!(built.status.success(), "build-images failed ({}):\n{built_text}", built.status);
     for image in ["controlplane", "node-client", "registry"] {
