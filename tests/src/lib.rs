@@ -6,6 +6,7 @@
 
 pub mod docker;
 pub mod history;
+pub mod json;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -234,4 +235,20 @@ pub fn ok_stdout(out: &Output, what: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The workspace root (this crate is `tests/`).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate sits in the workspace").to_path_buf()
+}
+
+/// The target dir and cargo profile (`dev` or `release`) this test was
+/// built with: where scripts/build-images finds the binaries the suite built.
+pub fn target_and_profile() -> (PathBuf, &'static str) {
+    let profile_dir = binary("kairos-controlplane").parent().expect("a profile dir").to_path_buf();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("release") => "release",
+        _ => "dev",
+    };
+    (profile_dir.parent().expect("a target dir").to_path_buf(), profile)
 }

@@ -10,11 +10,10 @@
 //! could relink binaries that other tests are running).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use kairos_fleet_tests::binary;
 use kairos_fleet_tests::sim::seed_images;
+use kairos_fleet_tests::{target_and_profile, workspace};
 
 /// Simulated nodes: two of each of the 16 seed image families.
 const NODES: usize = 32;
@@ -22,22 +21,6 @@ const NODES: usize = 32;
 /// Longest run of one script (seconds), so a hang fails the test instead
 /// of holding the suite.
 const SCRIPT_TIMEOUT_SECS: u32 = 240;
-
-/// The workspace root (this crate is `tests/`).
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate sits in the workspace").to_path_buf()
-}
-
-/// The target dir and cargo profile this test was built with, where
-/// build-images finds the binaries the suite built.
-fn target_and_profile() -> (PathBuf, &'static str) {
-    let profile_dir = binary("kairos-controlplane").parent().expect("a profile dir").to_path_buf();
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("release") => "release",
-        _ => "dev",
-    };
-    (profile_dir.parent().expect("a target dir").to_path_buf(), profile)
-}
 
 /// Output of a command as text, stdout then stderr.
 fn text(out: &Output) -> String {

@@ -29,10 +29,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kairos_fleet_tests::binary;
 use kairos_fleet_tests::docker::{host_user, output_text, ContainerSpec, Docker};
 use kairos_fleet_tests::history::{self, Record};
+use kairos_fleet_tests::json::{find_array, find_str, normalized};
 use kairos_fleet_tests::sim::{node_root, seed_images};
+use kairos_fleet_tests::{binary, target_and_profile, workspace};
 use serde_json::Value;
 
 /// Replicas of the control plane.
@@ -66,50 +67,8 @@ fn env_number(name: &str, default: usize) -> usize {
     }
 }
 
-/// The workspace root (this crate is `tests/`).
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate sits in the workspace").to_path_buf()
-}
-
-/// The target dir and cargo profile of this build, so build-images takes
-/// the binaries the suite built.
-fn target_and_profile() -> (PathBuf, &'static str) {
-    let profile_dir = binary("kairos-controlplane").parent().expect("a profile dir").to_path_buf();
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("release") => "release",
-        _ => "dev",
-    };
-    (profile_dir.parent().expect("a target dir").to_path_buf(), profile)
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn normalized(s: &str) -> String {
-    s.to_ascii_lowercase().replace(['-', ' '], "_")
-}
-
-/// The first string under `key` anywhere in `v` (depth first).
-fn find_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    match v {
-        Value::Object(map) => {
-            map.get(key).and_then(Value::as_str).or_else(|| map.values().find_map(|child| find_str(child, key)))
-        }
-        Value::Array(items) => items.iter().find_map(|child| find_str(child, key)),
-        _ => None,
-    }
-}
-
-/// The first array under `key` anywhere in `v`.
-fn find_array<'a>(v: &'a Value, key: &str) -> Option<&'a Vec<Value>> {
-    match v {
-        Value::Object(map) => {
-            map.get(key).and_then(Value::as_array).or_else(|| map.values().find_map(|child| find_array(child, key)))
-        }
-        Value::Array(items) => items.iter().find_map(|child| find_array(child, key)),
-        _ => None,
-    }
 }
 
 fn phase_of(status: &Value) -> String {

@@ -7,22 +7,18 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use kairos_fleet_tests::json::parse as json;
 use kairos_fleet_tests::sim::{add_releases, ca_file, seed_images, Simulator, SimulatorOptions};
-use kairos_fleet_tests::{ok_stdout, wait_for, Cluster};
+use kairos_fleet_tests::{ok_stdout, wait_for, workspace, Cluster};
 use serde_json::Value;
 
 /// Simulated nodes (each of another seed image family).
 const NODES: usize = 4;
-
-/// The workspace root (this crate is `tests/`).
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate sits in the workspace").to_path_buf()
-}
 
 /// The Python interpreter with `examples/python/requirements.txt`
 /// installed. Missing is a failure, not a skip: CI must run this test.
@@ -90,10 +86,6 @@ impl PythonClient {
             .spawn()
             .unwrap_or_else(|e| panic!("starting fleet_client.py {args:?}: {e}"))
     }
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// Node ids kairosctl lists.

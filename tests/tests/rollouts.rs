@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kairos_fleet_tests::history::{self, Kind, Record};
+use kairos_fleet_tests::json::{find_array, find_str, normalized, parse as json};
 use kairos_fleet_tests::sim::{add_releases, seed_images, Simulator, SimulatorOptions};
 use kairos_fleet_tests::{ok_stdout, wait_for, Cluster};
 use serde_json::Value;
@@ -23,36 +24,6 @@ fn start_cluster() -> Cluster {
     let mut cluster = Cluster::init(3);
     cluster.form(&["--node-heartbeat-ms", HEARTBEAT_MS]);
     cluster
-}
-
-fn json(out: &str) -> Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-/// The first string under `key` anywhere in `v` (depth first).
-fn find_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    match v {
-        Value::Object(map) => {
-            map.get(key).and_then(Value::as_str).or_else(|| map.values().find_map(|child| find_str(child, key)))
-        }
-        Value::Array(items) => items.iter().find_map(|child| find_str(child, key)),
-        _ => None,
-    }
-}
-
-/// The first array under `key` anywhere in `v`.
-fn find_array<'a>(v: &'a Value, key: &str) -> Option<&'a Vec<Value>> {
-    match v {
-        Value::Object(map) => {
-            map.get(key).and_then(Value::as_array).or_else(|| map.values().find_map(|child| find_array(child, key)))
-        }
-        Value::Array(items) => items.iter().find_map(|child| find_array(child, key)),
-        _ => None,
-    }
-}
-
-fn normalized(s: &str) -> String {
-    s.to_ascii_lowercase().replace(['-', ' '], "_")
 }
 
 /// `kairosctl rollout create` with `args`; the new rollout's id.

@@ -11,6 +11,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use kairos_fleet_testkit::LocalRegistry;
+use kairos_fleet_tests::json::{find_str, parse as json};
 use kairos_fleet_tests::sim::{ca_file, enroll_token, node_root, server, spawn_logged};
 use kairos_fleet_tests::{binary, ok_stdout, Cluster};
 use serde_json::Value;
@@ -140,25 +141,10 @@ impl Drop for Node {
     }
 }
 
-fn json(out: &str) -> Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 fn rollout_phase(cluster: &Cluster, id: &str) -> Option<String> {
     let out = cluster.ctl(&["rollout", "status", id, "-o", "json"]);
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     Some(find_str(&v, "phase")?.to_ascii_lowercase().replace('-', "_"))
-}
-
-/// The first string under `key` anywhere in `v`.
-fn find_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    match v {
-        Value::Object(map) => {
-            map.get(key).and_then(Value::as_str).or_else(|| map.values().find_map(|c| find_str(c, key)))
-        }
-        Value::Array(items) => items.iter().find_map(|c| find_str(c, key)),
-        _ => None,
-    }
 }
 
 /// Waits for rollout `id` to reach `phase`; on timeout shows the rollout,

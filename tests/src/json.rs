@@ -1,0 +1,35 @@
+//! Reading kairosctl's `-o json` output in tests.
+
+use serde_json::Value;
+
+/// `text` parsed as JSON; panics with the text when it is not.
+pub fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The first string under `key` anywhere in `v` (depth first).
+pub fn find_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    match v {
+        Value::Object(map) => {
+            map.get(key).and_then(Value::as_str).or_else(|| map.values().find_map(|child| find_str(child, key)))
+        }
+        Value::Array(items) => items.iter().find_map(|child| find_str(child, key)),
+        _ => None,
+    }
+}
+
+/// The first array under `key` anywhere in `v` (depth first).
+pub fn find_array<'a>(v: &'a Value, key: &str) -> Option<&'a Vec<Value>> {
+    match v {
+        Value::Object(map) => {
+            map.get(key).and_then(Value::as_array).or_else(|| map.values().find_map(|child| find_array(child, key)))
+        }
+        Value::Array(items) => items.iter().find_map(|child| find_array(child, key)),
+        _ => None,
+    }
+}
+
+/// A phase or state name in one spelling: lowercase, `_` for `-` and ` `.
+pub fn normalized(s: &str) -> String {
+    s.to_ascii_lowercase().replace(['-', ' '], "_")
+}
