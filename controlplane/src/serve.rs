@@ -82,8 +82,9 @@ pub struct Started {
 }
 
 impl Started {
-    /// Stops the background tasks and the side ports, then the replica
-    /// (see [`ReplicaHandle::shutdown`]).
+    /// Stops the background tasks and the metrics port, then the replica
+    /// (see [`ReplicaHandle::shutdown`]), then the health port: it answers
+    /// `NOT_SERVING` while the replica stops.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let Started { replica, metrics, health, background } = self;
         for task in &background {
@@ -93,9 +94,10 @@ impl Started {
         for task in background {
             let _ = task.await;
         }
-        drop((metrics, health));
-        replica.shutdown().await?;
-        Ok(())
+        drop(metrics);
+        let stopped = replica.shutdown().await;
+        drop(health);
+        Ok(stopped?)
     }
 }
 

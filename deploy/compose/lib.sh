@@ -27,8 +27,15 @@ fi
 # The folder `init` writes, in the `fleet` volume, as every container sees it.
 fleet_dir=/var/lib/kairos-fleet
 
+# Compose v2 (`docker compose`) when the CLI has it, else v1 (`docker-compose`).
+if docker compose version >/dev/null 2>&1; then
+  compose_cmd=(docker compose)
+else
+  compose_cmd=(docker-compose)
+fi
+
 compose() {
-  docker-compose --project-directory "$compose_dir" -f "$compose_dir/docker-compose.yml" "$@"
+  "${compose_cmd[@]}" --project-directory "$compose_dir" -f "$compose_dir/docker-compose.yml" "$@"
 }
 
 # kairosctl inside replica-1 (or KAIROS_CTL_REPLICA), on the project

@@ -21,6 +21,8 @@ struct Owned {
     containers: Vec<String>,
     networks: Vec<String>,
     images: Vec<String>,
+    /// Images already removed, still checked by [`Docker::leftovers`].
+    removed_images: Vec<String>,
 }
 
 /// The `docker` CLI for one test run: names things with the run's prefix
@@ -166,7 +168,10 @@ impl Docker {
             Err(e) => panic!("`docker` cannot be run ({e}); this test needs the Docker CLI and a running engine"),
         }
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() % 1_000_000).unwrap_or(0);
-        Docker { prefix: format!("kf-{what}-{}-{stamp}", std::process::id()), owned: Mutex::new(Owned::default()) }
+        let docker =
+            Docker { prefix: format!("kf-{what}-{}-{stamp}", std::process::id()), owned: Mutex::new(Owned::default()) };
+        docker.sweep_dead_runs();
+        docker
     }
 
     /// The run's name prefix.
@@ -387,7 +392,10 @@ impl Docker {
             let out = self.docker(&args);
             left.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("{kind} {l}")));
         }
-        let images = self.owned().images.clone();
+        let images: Vec<String> = {
+            let owned = self.owned();
+            owned.images.iter().chain(&owned.removed_images).cloned().collect()
+        };
         for image in images {
             if self.docker(&["image", "inspect", &image]).status.success() {
                 left.push(format!("image {image}"));
@@ -410,6 +418,46 @@ impl Docker {
         // Newest first: a derived image goes before the image it is built on.
         for image in owned.images.iter().rev() {
             let _ = self.docker(&["image", "rm", "--force", image]);
+        }
+        self.owned().removed_images.extend(owned.images);
+    }
+
+    /// Removes what earlier runs left behind when their process died
+    /// without dropping its harness (killed by a signal): containers and
+    /// networks labelled `kairos-fleet.test` and `kairos-fleet/*` images
+    /// tagged `kf-...`, whose run's pid is gone.
+    fn sweep_dead_runs(&self) {
+        let dead = |prefix: &str| {
+            // kf-<what>-<pid>-<stamp>
+            let mut fields = prefix.rsplitn(3, '-');
+            let (_stamp, pid) = (fields.next(), fields.next());
+            prefix.starts_with("kf-")
+                && pid.and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+        };
+        let label = "{{.Label \"kairos-fleet.test\"}}";
+        let queries: [(&[&str], String, &[&str]); 2] = [
+            (&["ps", "-a"], format!("{{{{.Names}}}} {label}"), &["rm", "--force", "--volumes"]),
+            (&["network", "ls"], format!("{{{{.Name}}}} {label}"), &["network", "rm"]),
+        ];
+        for (list, format, remove) in queries {
+            let mut args: Vec<&str> = list.to_vec();
+            args.extend(["--filter", "label=kairos-fleet.test", "--format", &format]);
+            let out = self.docker(&args);
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some((name, prefix)) = line.split_once(' ') {
+                    if dead(prefix) {
+                        let mut rm: Vec<&str> = remove.to_vec();
+                        rm.push(name);
+                        let _ = self.docker(&rm);
+                    }
+                }
+            }
+        }
+        let out = self.docker(&["image", "ls", "kairos-fleet/*", "--format", "{{.Repository}}:{{.Tag}}"]);
+        for image in String::from_utf8_lossy(&out.stdout).lines() {
+            if image.rsplit_once(':').is_some_and(|(_, tag)| dead(tag)) {
+                let _ = self.docker(&["image", "rm", "--force", image]);
+            }
         }
     }
 }

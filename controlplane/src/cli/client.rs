@@ -266,9 +266,11 @@ impl Connection {
             // A replica cut off by a partition never resets the connection:
             // without pings a stream (`rollout watch`) would wait on it
             // forever instead of breaking and resuming on another replica.
+            // Only while a call is open: idle pings make some proxies
+            // answer GOAWAY (too_many_pings).
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true))
+            .keep_alive_while_idle(false))
     }
 
     /// Endpoints in the order to try: the one that last answered first.
