@@ -1,5 +1,7 @@
 //! Reading kairosctl's `-o json` output in tests.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 /// `text` parsed as JSON; panics with the text when it is not.
@@ -32,4 +34,21 @@ pub fn find_array<'a>(v: &'a Value, key: &str) -> Option<&'a Vec<Value>> {
 /// A phase or state name in one spelling: lowercase, `_` for `-` and ` `.
 pub fn normalized(s: &str) -> String {
     s.to_ascii_lowercase().replace(['-', ' '], "_")
+}
+
+/// The phase of a rollout status (`rollout status -o json`), normalized.
+pub fn phase_of(status: &Value) -> String {
+    normalized(find_str(status, "phase").unwrap_or_default())
+}
+
+/// Node id → state (normalized) of a rollout status with `--nodes`.
+pub fn node_states(status: &Value) -> BTreeMap<String, String> {
+    find_array(status, "nodes")
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| Some((n["node_id"].as_str()?.to_string(), normalized(n["state"].as_str()?))))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kairos_fleet_tests::docker::{host_user, output_text, ContainerSpec, Docker};
 use kairos_fleet_tests::history::{self, Record};
-use kairos_fleet_tests::json::{find_array, find_str, normalized};
+use kairos_fleet_tests::json::{find_array, find_str, node_states, phase_of};
 use kairos_fleet_tests::sim::{node_root, seed_images};
 use kairos_fleet_tests::{binary, target_and_profile, workspace};
 use serde_json::Value;
@@ -69,22 +69,6 @@ fn env_number(name: &str, default: usize) -> usize {
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn phase_of(status: &Value) -> String {
-    normalized(find_str(status, "phase").unwrap_or_default())
-}
-
-/// Node id → state (normalized) of a rollout status.
-fn node_states(status: &Value) -> BTreeMap<String, String> {
-    find_array(status, "nodes")
-        .map(|nodes| {
-            nodes
-                .iter()
-                .filter_map(|n| Some((n["node_id"].as_str()?.to_string(), normalized(n["state"].as_str()?))))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Each node's `[commanded_at, finished_at)` in Unix ms, as the control plane recorded it.

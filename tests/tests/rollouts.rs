@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kairos_fleet_tests::history::{self, Kind, Record};
-use kairos_fleet_tests::json::{find_array, find_str, normalized, parse as json};
+use kairos_fleet_tests::json::{find_array, find_str, node_states, normalized, parse as json, phase_of};
 use kairos_fleet_tests::sim::{add_releases, seed_images, Simulator, SimulatorOptions};
 use kairos_fleet_tests::{ok_stdout, wait_for, Cluster};
 use serde_json::Value;
@@ -39,22 +39,6 @@ fn create(cluster: &Cluster, args: &[&str]) -> String {
 fn status(cluster: &Cluster, id: &str) -> Option<Value> {
     let out = cluster.ctl(&["rollout", "status", id, "--nodes", "-o", "json"]);
     out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
-}
-
-fn phase_of(status: &Value) -> String {
-    normalized(find_str(status, "phase").unwrap_or_default())
-}
-
-/// Node id → state (normalized) of a status.
-fn node_states(status: &Value) -> BTreeMap<String, String> {
-    find_array(status, "nodes")
-        .map(|nodes| {
-            nodes
-                .iter()
-                .filter_map(|n| Some((n["node_id"].as_str()?.to_string(), normalized(n["state"].as_str()?))))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn wait_phase(cluster: &Cluster, id: &str, want: &str, timeout: Duration) -> Value {
