@@ -81,7 +81,9 @@ impl Rollout {
     pub(super) fn pause(&mut self, reason: String, cx: &mut Cx) -> Result<(), RolloutError> {
         match self.phase {
             _ if self.phase.is_active() => {}
-            Phase::Pending => return Err(self.refuse("pause", "it has not started; Start it, or Abort it")),
+            Phase::Pending => {
+                return Err(self.refuse("pause", "it has not started yet; pause it once it runs, or Abort it"))
+            }
             Phase::Paused { .. } => return Err(self.refuse("pause", "it is already paused; Resume continues it")),
             _ => return Err(self.refuse("pause", self.finished_way_out())),
         }
@@ -99,7 +101,7 @@ impl Rollout {
     ) -> Result<(), RolloutError> {
         match self.phase {
             Phase::Paused { .. } => {}
-            Phase::Pending => return Err(self.refuse("resume", "it has not started; Start it")),
+            Phase::Pending => return Err(self.refuse("resume", "it has not started yet, so it is not paused")),
             _ if self.phase.is_active() => return Err(self.refuse("resume", "it is not paused; Pause it first")),
             _ => return Err(self.refuse("resume", self.finished_way_out())),
         }

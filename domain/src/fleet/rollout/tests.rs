@@ -558,8 +558,8 @@ fn invalid_transitions_name_the_phase_and_the_way_out() {
     let mut h = Harness::new(strategy(), &[&["a"]]);
     let before = h.r.clone();
     for (event, phase, hint) in [
-        (Event::Pause { reason: String::new(), now: T0 }, "pending", "Start it"),
-        (Event::Resume { accept_failures: true, retry_failed: false, now: T0 }, "pending", "Start it"),
+        (Event::Pause { reason: String::new(), now: T0 }, "pending", "not started yet"),
+        (Event::Resume { accept_failures: true, retry_failed: false, now: T0 }, "pending", "not started yet"),
         (Event::Rollback { now: T0 }, "pending", "Abort it instead"),
         (Event::Approve { wave: 1, now: T0 }, "pending", "awaiting approval"),
     ] {
