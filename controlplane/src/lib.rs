@@ -19,6 +19,7 @@ pub mod replica;
 pub mod security;
 pub mod serve;
 pub mod sessions;
+pub mod side_port;
 pub mod store;
 
 pub use kairos_fleet_domain::{error_text, fleet};

@@ -26,7 +26,7 @@
 //! Rollouts are reported while active, plus the [`FINISHED_ROLLOUTS`] most
 //! recent finished ones, so the series stay few over a long life.
 
-use std::net::SocketAddr;
+use std::future::IntoFuture;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -45,7 +45,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use crate::api::fleet::filter::NodeMatcher;
 use crate::api::fleet::fleet_report;
@@ -53,6 +52,7 @@ use crate::api::rollout::convert::rollout_to_pb;
 use crate::engine::records::{read_headers, Header};
 use crate::replica::ReplicaClient;
 use crate::sessions::Sessions;
+use crate::side_port::SidePort;
 
 /// Finished rollouts reported besides the active ones, newest first.
 pub const FINISHED_ROLLOUTS: usize = 10;
@@ -309,45 +309,13 @@ fn rollouts(registry: &mut Registry, headers: &[(Header, u64)]) {
     registry.register("rollout_waves", "Number of waves of each rollout", waves);
 }
 
-/// The HTTP server of `/metrics`.
-pub struct MetricsServer {
-    task: JoinHandle<()>,
-    local_addr: SocketAddr,
-}
-
-impl MetricsServer {
-    /// Binds `addr`; done before the replica starts, so a taken port
-    /// fails the start before anything runs.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-        TcpListener::bind(addr).await
-    }
-
-    /// Serves `/metrics` from `source` on `listener`.
-    pub fn start(listener: TcpListener, source: MetricsSource) -> std::io::Result<MetricsServer> {
-        let local_addr = listener.local_addr()?;
-        let app = Router::new()
-            .route("/metrics", get(scrape))
-            .route("/", get(|| async { "Kairos Fleet replica: metrics at /metrics\n" }))
-            .with_state(source);
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the metrics server stopped");
-            }
-        });
-        tracing::info!(%local_addr, "serving metrics at /metrics");
-        Ok(MetricsServer { task, local_addr })
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// Serves `/metrics` from `source` on `listener`.
+pub fn serve(listener: TcpListener, source: MetricsSource) -> std::io::Result<SidePort> {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/", get(|| async { "Kairos Fleet replica: metrics at /metrics\n" }))
+        .with_state(source);
+    SidePort::spawn(listener, "metrics at /metrics", |listener| axum::serve(listener, app).into_future())
 }
 
 async fn scrape(State(source): State<MetricsSource>) -> impl IntoResponse {

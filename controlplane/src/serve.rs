@@ -10,11 +10,9 @@ use std::time::Duration;
 use kairos_fleet_proto::fleet::v1::cluster_service_client::ClusterServiceClient;
 use kairos_fleet_proto::fleet::v1::AddReplicaRequest;
 
-use crate::api::release::RegistrySettings;
 use tokio::task::JoinHandle;
 
-use crate::health_port::HealthPort;
-use crate::metrics::MetricsServer;
+use crate::api::release::RegistrySettings;
 use crate::raft::host_of;
 use crate::replica::{self, RaftTuning, Replica, ReplicaConfig, ReplicaError, ReplicaHandle};
 use crate::security::bootstrap::{self, InitOptions, ReplicaSpec};
@@ -22,7 +20,9 @@ use crate::security::node_ca::NODE_CA_CERT_FILE;
 use crate::security::pki::CA_KEY_FILE;
 use crate::security::{BootstrapTokens, NodeIssuer, ReplicaConfig as ReplicaFile, ReplicaCredentials, SecurityError};
 use crate::sessions::SessionSettings;
+use crate::side_port::SidePort;
 use crate::store::{Compare, Op, Request};
+use crate::{health_port, metrics};
 
 /// Key prefix of operator token records in the replicated state.
 pub const TOKENS_PREFIX: &str = "tokens/";
@@ -72,10 +72,10 @@ pub struct ServeOptions {
 pub struct Started {
     /// The replica.
     pub replica: ReplicaHandle,
-    /// The `/metrics` server; it stops when dropped.
-    pub metrics: Option<MetricsServer>,
+    /// The `/metrics` port; it stops when dropped.
+    pub metrics: Option<SidePort>,
     /// The plain-text health port; it stops when dropped.
-    pub health: Option<HealthPort>,
+    pub health: Option<SidePort>,
     /// Seeding the bootstrap tokens and joining the cluster; they hold the
     /// replica's client until done.
     background: Vec<JoinHandle<()>>,
@@ -201,36 +201,19 @@ pub async fn start(opts: &ServeOptions) -> Result<Started, ServeError> {
         node_ca,
         registry: RegistrySettings::with_plain_http(opts.registry_plain_http.clone()),
     };
-    let metrics_listener = match opts.metrics_listen {
-        Some(addr) => Some(
-            MetricsServer::bind(addr)
-                .await
-                .map_err(|e| ServeError::Invalid(format!("--metrics-listen {addr}: cannot listen: {e}")))?,
-        ),
-        None => None,
-    };
-    let health_listener = match opts.health_listen {
-        Some(addr) => Some(
-            HealthPort::bind(addr)
-                .await
-                .map_err(|e| ServeError::Invalid(format!("--health-listen {addr}: cannot listen: {e}")))?,
-        ),
-        None => None,
-    };
+    let metrics_listener =
+        SidePort::bind("--metrics-listen", opts.metrics_listen).await.map_err(ServeError::Invalid)?;
+    let health_listener = SidePort::bind("--health-listen", opts.health_listen).await.map_err(ServeError::Invalid)?;
     let tokens = BootstrapTokens::load(&dir)?;
     tracing::info!(id = file.id, %listen, advertise = %file.listen, dir = %dir.display(), "starting replica");
     let handle = Replica::start(config).await?;
-    let servers = metrics_listener
-        .map(|l| MetricsServer::start(l, handle.metrics_source()))
-        .transpose()
-        .map_err(|e| format!("--metrics-listen: {e}"))
-        .and_then(|metrics| {
-            let health = health_listener
-                .map(|l| HealthPort::start(l, handle.health_reporter()))
-                .transpose()
-                .map_err(|e| format!("--health-listen: {e}"))?;
-            Ok((metrics, health))
-        });
+    let servers = (|| {
+        let metrics = metrics_listener.map(|l| metrics::serve(l, handle.metrics_source())).transpose();
+        let metrics = metrics.map_err(|e| format!("--metrics-listen: {e}"))?;
+        let health = health_listener.map(|l| health_port::serve(l, handle.health_reporter())).transpose();
+        let health = health.map_err(|e| format!("--health-listen: {e}"))?;
+        Ok::<_, String>((metrics, health))
+    })();
     let (metrics, health) = match servers {
         Ok(servers) => servers,
         Err(e) => {

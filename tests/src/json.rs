@@ -52,3 +52,8 @@ pub fn node_states(status: &Value) -> BTreeMap<String, String> {
         })
         .unwrap_or_default()
 }
+
+/// How many nodes of a rollout status with `--nodes` are healthy.
+pub fn healthy_nodes(status: &Value) -> usize {
+    node_states(status).values().filter(|state| *state == "healthy").count()
+}

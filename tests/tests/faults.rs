@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kairos_fleet_tests::docker::{host_user, output_text, ContainerSpec, Docker};
 use kairos_fleet_tests::history::{self, Record};
-use kairos_fleet_tests::json::{find_array, find_str, node_states, phase_of};
+use kairos_fleet_tests::json::{find_array, find_str, healthy_nodes, node_states, phase_of};
 use kairos_fleet_tests::sim::{node_root, seed_images};
 use kairos_fleet_tests::{binary, target_and_profile, workspace};
 use serde_json::Value;
@@ -282,7 +282,7 @@ impl Fleet {
 
     /// Healthy nodes of a rollout right now (0 when its status cannot be read).
     fn healthy(&self, id: &str) -> usize {
-        self.rollout_status(id).map(|s| node_states(&s).values().filter(|v| *v == "healthy").count()).unwrap_or(0)
+        self.rollout_status(id).map(|s| healthy_nodes(&s)).unwrap_or(0)
     }
 
     /// An enroll token for `uses` nodes, labelled `site=<site>`.
@@ -350,7 +350,7 @@ impl Fleet {
         let state = |id: &str| {
             let status = self.rollout_status(id);
             let phase = status.as_ref().map(phase_of).unwrap_or_else(|| "unknown".into());
-            let healthy = status.as_ref().map_or(0, |s| node_states(s).values().filter(|v| *v == "healthy").count());
+            let healthy = status.as_ref().map_or(0, healthy_nodes);
             (phase, healthy)
         };
         let ((sim_phase, sim_healthy), (real_phase, real_healthy)) = (state(sim), state(real));
@@ -367,7 +367,7 @@ impl Fleet {
     fn wait_progress(&self, id: &str, healthy: usize) -> usize {
         self.wait(&format!("rollout {id} to move on"), Duration::from_secs(60), || {
             let status = self.rollout_status(id)?;
-            let now = node_states(&status).values().filter(|v| *v == "healthy").count();
+            let now = healthy_nodes(&status);
             (now > healthy || phase_of(&status) == "completed").then_some(now)
         })
     }

@@ -247,14 +247,12 @@ impl Replica {
         // unlisted), in both protocol versions tools speak.
         let reflection_error =
             |e: tonic_reflection::server::Error| ReplicaError::Config { field: "reflection", rule: e.to_string() };
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(kairos_fleet_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(reflection_error)?;
-        let reflection_alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(kairos_fleet_proto::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(reflection_error)?;
+        let described = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(kairos_fleet_proto::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = described().build_v1().map_err(reflection_error)?;
+        let reflection_alpha = described().build_v1alpha().map_err(reflection_error)?;
         // Until raft runs, probes must not send traffic here.
         set_health(&health, tonic_health::ServingStatus::NotServing).await;
         let router = builder
